@@ -1,0 +1,1 @@
+"""First-party pruneframe plugins, discovered through the ``pruneframe.plugins`` entry-point group."""

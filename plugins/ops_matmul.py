@@ -1,0 +1,131 @@
+"""Op handlers for matrix products and attention: mm, bmm, addmm, baddbmm, matmul, scaled dot-product attention.
+
+For ``a (..., M, K) @ b (..., K, N)``: channels along the contracted K of both
+operands are pruned together; if only one operand holds channels along K, the
+other cannot shrink, so those channels go all together or not at all. The
+output keeps the channels of whichever operand is not contracted over its
+channels (``P @ v`` keeps ``v``'s); a product over channels (``q @ k^T``)
+holds none.
+"""
+from __future__ import annotations
+
+import torch
+
+from pruneframe import hookimpl
+from pruneframe.labels import align
+from pruneframe.tracer import tensors_in
+
+aten = torch.ops.aten
+
+
+def _varies(ids, dim: int) -> bool:
+    return ids is not None and ids.dim() >= 2 and ids.shape[dim] > 1
+
+
+def _aligned(ctx, t, nd: int):
+    ids = ctx.ids(t)
+    return None if ids is None else align(ids, nd)
+
+
+def _product(ctx, a, b, out):
+    nd = out.dim()
+    la, lb = _aligned(ctx, a, max(nd, 2)), _aligned(ctx, b, max(nd, 2))
+    a_k, b_k = _varies(la, -1), _varies(lb, -2)
+    if a_k and b_k:
+        if _varies(la, -2) or _varies(lb, -1):
+            reason = "a matrix product whose operands hold channels along two dimensions"
+            ctx.block(la, reason)
+            ctx.block(lb, reason)
+            return None
+        ctx.couple(la.transpose(-1, -2), lb)
+    elif a_k:
+        ctx.couple_along(la, -1)
+    elif b_k:
+        ctx.couple_along(lb, -2)
+    keep_a = la if la is not None and not a_k else None
+    keep_b = lb if lb is not None and not b_k else None
+    if keep_a is not None and keep_b is not None:
+        ctx.couple(keep_a, keep_b)
+        return torch.where(keep_a >= 0, keep_a, keep_b)
+    return keep_a if keep_a is not None else keep_b
+
+
+def _add_bias(ctx, bias, merged, out):
+    lbias = ctx.ids(bias)
+    if lbias is None:
+        return merged
+    lbias = align(lbias, out.dim())
+    if merged is None:  # the product is a constant: the bias cannot shrink where it is not broadcast
+        for d in range(out.dim()):
+            if lbias.shape[d] > 1:
+                ctx.couple_along(lbias, d)
+        return lbias
+    ctx.couple(merged, lbias)
+    return torch.where(merged >= 0, merged, lbias)
+
+
+def matrix_product(ctx, op, args, kwargs, out) -> None:
+    packet = op.overloadpacket
+    if packet in (aten.addmm, aten.baddbmm):
+        bias, a, b = args[0], args[1], args[2]
+    else:
+        bias, a, b = None, args[0], args[1]
+    if a.dim() < 2 or b.dim() < 2:  # vector products: treat the vector as a one-column matrix
+        a2 = a if a.dim() >= 2 else a.unsqueeze(0)
+        b2 = b if b.dim() >= 2 else b.unsqueeze(-1)
+        la, lb = ctx.ids(a), ctx.ids(b)
+        for ids in (la, lb):
+            if ids is not None and ids.numel() > 1:
+                ctx.block(ids, f"{op} of a vector that holds channels")
+        ctx.set(out, None)
+        return
+    merged = _product(ctx, a, b, out)
+    if bias is not None:
+        merged = _add_bias(ctx, bias, merged, out)
+    ctx.set(out, merged)
+
+
+def _repeat_heads(ids, heads: int):
+    if ids is None or ids.shape[-3] in (1, heads):
+        return ids
+    return ids.repeat_interleave(heads // ids.shape[-3], dim=-3)
+
+
+def attention(ctx, op, args, kwargs, out) -> None:
+    """Scaled dot-product attention: softmax(q k^T) v, with grouped-query key/value heads repeated."""
+    q, k, v = args[0], args[1], args[2]
+    outputs = tensors_in(out)
+    nd = q.dim()
+    heads = q.shape[-3] if nd >= 3 else 1
+    lq, lk, lv = (_aligned(ctx, t, nd) for t in (q, k, v))
+    if nd >= 3:
+        lk, lv = _repeat_heads(lk, heads), _repeat_heads(lv, heads)
+    q_e, k_e = _varies(lq, -1), _varies(lk, -1)
+    if q_e and k_e and not _varies(lq, -2) and not _varies(lk, -2):
+        ctx.couple(lq, lk)
+    else:
+        for ids, has in ((lq, q_e), (lk, k_e)):
+            if has:
+                ctx.couple_along(ids, -1)
+    result = None
+    if lv is not None:
+        if _varies(lv, -2):
+            ctx.block(lv, f"{op} mixes value positions that hold channels")
+        else:
+            result = lv
+    for extra in tensors_in((args[3:], kwargs)):
+        ctx.block(ctx.ids(extra), f"an attention mask or bias of {op} that holds channels")
+    ctx.set(outputs[0], result)
+    for t in outputs[1:]:
+        ctx.set(t, None)
+
+
+@hookimpl(trylast=True)
+def pruneframe_op_handlers(register):
+    register([aten.mm, aten.bmm, aten.addmm, aten.baddbmm, aten.matmul], matrix_product, name="matrix-product")
+    register(
+        [aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_efficient_attention,
+         aten._scaled_dot_product_flash_attention, aten.scaled_dot_product_attention,
+         aten._scaled_dot_product_attention_math],
+        attention, name="attention",
+    )

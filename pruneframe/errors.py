@@ -1,0 +1,18 @@
+"""Exceptions and warnings pruneframe raises, each naming the bad value and the way out."""
+from __future__ import annotations
+
+
+class PruningError(RuntimeError):
+    """A prune was refused or failed; the model was left exactly as it was."""
+
+
+class PluginLoadError(ImportError):
+    """A plugin listed under the ``pruneframe.plugins`` entry-point group failed to load."""
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin failed to load and was skipped (set PRUNEFRAME_STRICT_PLUGINS=1 to make it an error)."""
+
+
+class UnsupportedOpWarning(UserWarning):
+    """The tracer met an op no handler understands; channels through it are not pruned."""

@@ -1,0 +1,241 @@
+"""Dependencies and groups: what must be pruned together, and pruning it as one transaction."""
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
+
+import attrs
+import torch
+from torch import nn
+
+from .errors import PruningError
+from .node import Node, Space
+
+if TYPE_CHECKING:
+    from .graph import DependencyGraph
+
+
+def function_name(fn: Callable[..., Any]) -> str:
+    """A pruning function's name, for tables and errors."""
+    if isinstance(fn, functools.partial):
+        return function_name(fn.func)
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+@attrs.frozen(repr=False)
+class IndexMapping:
+    """Maps channel indices of the source space to the indices they force out of the target space."""
+
+    graph: "DependencyGraph"
+    source: Space
+    target: Space
+
+    def __call__(self, idxs: Sequence[int]) -> list[int]:
+        return self.graph._map_indices(self.source, self.target, idxs)
+
+    def __repr__(self) -> str:
+        return f"IndexMapping({self.source!r} -> {self.target!r})"
+
+
+@attrs.frozen(repr=False)
+class Dependency:
+    """When ``trigger`` runs on ``source``, ``handler`` must run on ``target``.
+
+    ``index_mapping`` turns the trigger's indices into the handler's.
+    """
+
+    trigger: Callable[..., Any]
+    handler: Callable[..., Any]
+    source: Node
+    target: Node
+    index_mapping: IndexMapping
+
+    @property
+    def layer(self) -> Any:
+        return self.target.module
+
+    @property
+    def pruning_fn(self) -> Callable[..., Any]:
+        return self.handler
+
+    def __call__(self, idxs: Sequence[int]) -> Any:
+        return self.handler(self.target.module, list(idxs))
+
+    def __repr__(self) -> str:
+        return (
+            f"[{self.source.name} ({self.source.type})] {function_name(self.trigger)} => "
+            f"[{self.target.name} ({self.target.type})] {function_name(self.handler)}"
+        )
+
+
+class GroupItem(NamedTuple):
+    dep: Dependency
+    idxs: list[int]
+
+
+@attrs.frozen
+class PruneRecord:
+    """One layer's part of a prune, as it happened: current indices and traced positions."""
+
+    name: str
+    kind: str  # "out" or "in"
+    idxs: tuple[int, ...]
+    traced: tuple[int, ...]
+
+
+class Group:
+    """Every (dependency, indices) that must be pruned together.
+
+    Iterate it for ``(dep, idxs)`` pairs; ``prune()`` (or ``exec()``) removes
+    them all or, if anything fails, nothing.
+    """
+
+    def __init__(
+        self,
+        graph: "DependencyGraph",
+        items: list[GroupItem],
+        members: list[tuple[Space, torch.Tensor]],
+        blocked: list[str],
+        root_idxs: list[int],
+    ):
+        self._graph = graph
+        self._items = items
+        self._members = members  # every space touched, with traced positions (coupled inputs too)
+        self.blocked_reasons = blocked
+        self.root_idxs = root_idxs
+
+    @property
+    def items(self) -> list[GroupItem]:
+        return list(self._items)
+
+    def __iter__(self) -> Iterator[GroupItem]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, k: int) -> GroupItem:
+        return self._items[k]
+
+    def has_dep(self, dep: Dependency) -> bool:
+        return any(item.dep is dep for item in self._items)
+
+    def has_pruning_op(self, dep: Dependency, idxs: Sequence[int]) -> bool:
+        return any(item.dep.target is dep.target and function_name(item.dep.handler) == function_name(dep.handler)
+                   and set(item.idxs) >= set(idxs) for item in self._items)
+
+    # --- pruning ------------------------------------------------------------------
+    def problems(self) -> list[str]:
+        """Why this group cannot be pruned (empty when it can)."""
+        found = [f"channels are not prunable: {r}" for r in self.blocked_reasons]
+        for space, traced in self._members:
+            if traced.numel() and traced.numel() >= space.current_size:
+                found.append(f"it would remove all {space.current_size} {space.kind}put channels of {space.node.name} ({space.node.type})")
+        return found
+
+    def prune(self, idxs: Sequence[int] | None = None, record_history: bool = True) -> None:
+        """Prune every layer of the group; on any failure restore every touched module and raise.
+
+        With ``idxs``, prune those indices of the root layer instead (the group is re-derived).
+        """
+        if idxs is not None:
+            root = self._items[0].dep
+            self._graph.get_pruning_group(root.target.module, root.trigger, idxs).prune(record_history=record_history)
+            return
+        if not self._items or not self.root_idxs:
+            return
+        problems = self.problems()
+        if problems:
+            raise PruningError(
+                "refusing to prune this group; nothing was changed: " + "; ".join(problems)
+                + ". Check it first with DependencyGraph.check_pruning_group, or pick other indices."
+            )
+        self._graph._check_unchanged([item.dep.target for item in self._items])
+        snapshot = _Snapshot([item.dep.target for item in self._items])
+        for item in self._items:
+            node = item.dep.target
+            try:
+                item.dep(item.idxs)
+            except Exception as exc:
+                snapshot.restore()
+                raise PruningError(
+                    f"pruning {node.name} ({node.type}) with {function_name(item.dep.handler)} of plugin {node.plugin!r} "
+                    f"failed: {type(exc).__name__}: {exc}. Every touched module was restored; the model is as it was."
+                ) from exc
+        snapshot.check_untouched_originals()
+        records = []
+        for space, traced in self._members:
+            records.append(PruneRecord(space.node.name, space.kind, tuple(space.current_positions(traced).tolist()), tuple(traced.tolist())))
+            space.alive[traced] = False
+        if record_history:
+            self._graph._history.append(records)
+
+    exec = prune
+
+    def __call__(self) -> None:
+        self.prune()
+
+    # --- reading --------------------------------------------------------------------
+    def details(self) -> str:
+        return self._table(full=True)
+
+    def __str__(self) -> str:
+        return self._table(full=False)
+
+    __repr__ = __str__
+
+    def _table(self, full: bool) -> str:
+        rows = []
+        for k, (dep, idxs) in enumerate(self._items):
+            shown = str(idxs) if full or len(idxs) <= 8 else f"{idxs[:8]}... ({len(idxs)})"
+            rows.append((str(k), dep.target.name, dep.target.type, function_name(dep.handler), str(len(idxs)), shown))
+        head = ("#", "layer", "type", "pruning function", "n", "indices")
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        line = "+".join("-" * (w + 2) for w in widths)
+        fmt = lambda r: " " + " | ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+        title = f"Pruning group: {len(self._items)} dependencies, {len(self.root_idxs)} root indices"
+        if self.blocked_reasons:
+            title += " (NOT PRUNABLE: " + "; ".join(self.blocked_reasons) + ")"
+        return "\n".join([title, line, fmt(head), line, *(fmt(r) for r in rows), line])
+
+
+class _Snapshot:
+    """Everything a prune can change in the touched modules, to put back if it fails."""
+
+    def __init__(self, nodes: list[Node]):
+        modules: dict[int, nn.Module] = {}
+        tensors: dict[int, torch.Tensor] = {}
+        for node in nodes:
+            if isinstance(node.module, nn.Module):
+                for m in node.module.modules():
+                    modules[id(m)] = m
+                    for t in list(m._parameters.values()) + list(m._buffers.values()):
+                        if t is not None:
+                            tensors[id(t)] = t
+            elif isinstance(node.module, torch.Tensor):
+                tensors[id(node.module)] = node.module
+        self.modules = [
+            (m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in modules.values()
+        ]
+        self.tensors = [(t, t.detach(), t._version, t.grad) for t in tensors.values()]
+
+    def restore(self) -> None:
+        for m, attrs_, params, buffers, children in self.modules:
+            m.__dict__.clear()
+            m.__dict__.update(attrs_)
+            for container, saved in ((m._parameters, params), (m._buffers, buffers), (m._modules, children)):
+                container.clear()
+                container.update(saved)
+        for t, data, _, grad in self.tensors:
+            t.data = data
+            t.grad = grad
+        self.check_untouched_originals()
+
+    def check_untouched_originals(self) -> None:
+        """Pruners must replace tensors, never write into the originals, or no restore is exact."""
+        for t, data, version, _ in self.tensors:
+            if data._version != version:
+                raise PruningError(
+                    f"a pruner wrote in place into a tensor of shape {tuple(data.shape)}; pruners must replace tensors "
+                    "(see pruneframe.layer_pruner.select_) so a failed prune can be undone"
+                )

@@ -1,0 +1,55 @@
+"""The hooks a pruneframe plugin may implement.
+
+A plugin is a module (or object) with ``@pruneframe.hookimpl`` functions, made
+known through the ``pruneframe.plugins`` entry-point group. Every hook receives a
+``register`` callback and returns nothing; pruneframe remembers which plugin
+registered what, so errors and ``pruneframe plugins`` can name it.
+
+Precedence, highest first: a layer registered on one ``DependencyGraph`` with
+``register_customized_layer``, third-party plugins, pruneframe's built-ins.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Protocol, Union
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("pruneframe")
+hookimpl = pluggy.HookimplMarker("pruneframe")
+
+
+class RegisterLayerPruner(Protocol):
+    def __call__(self, pruner: Any, module_types: Iterable[type] = (), *, name: str | None = None) -> None: ...
+
+
+class RegisterOpHandler(Protocol):
+    def __call__(self, ops: Union[Iterable[Any], Callable[[Any], bool]], handler: Callable[..., None], *, name: str) -> None: ...
+
+
+@hookspec
+def pruneframe_layer_pruners(register: RegisterLayerPruner) -> None:
+    """Register layer pruners: how a layer type loses output and input channels.
+
+    Called once, when plugins are loaded. Call ``register(pruner, module_types,
+    name=...)`` for each pruner, where ``pruner`` is a
+    ``pruneframe.LayerPruner`` instance and ``module_types`` the ``nn.Module``
+    classes it serves (subclasses are served too: lookup follows the MRO, most
+    specific class first). ``name`` makes the functional names
+    ``prune_<name>_out_channels`` and ``prune_<name>_in_channels`` available as
+    ``pruneframe.prune_<name>_out_channels``; ``module_types`` may be empty for a
+    pruner that only provides such names.
+    """
+
+
+@hookspec
+def pruneframe_op_handlers(register: RegisterOpHandler) -> None:
+    """Register handlers that tell the tracer how an ATen op moves channels.
+
+    Called once, when plugins are loaded. ``ops`` is either an iterable of ATen
+    ops (``torch.ops.aten.cat`` — every overload — or one overload such as
+    ``torch.ops.aten.cat.default``) or a predicate ``op -> bool`` consulted when
+    no exact registration matches. ``handler(ctx, op, args, kwargs, out)`` is
+    called after the op ran during the trace; it reads input labels through
+    ``ctx`` (a ``pruneframe.tracer.OpContext``) and sets the labels of ``out``.
+    An op no handler claims blocks pruning across it.
+    """

@@ -1,0 +1,272 @@
+"""Finds, loads and indexes pruneframe plugins.
+
+Built-in and third-party plugins take one path: the ``pruneframe.plugins``
+entry-point group. Environment variables:
+
+  PRUNEFRAME_PLUGINS          comma-separated entry-point names: load only these
+  PRUNEFRAME_DISABLE_PLUGINS  comma-separated entry-point names: never load these
+  PRUNEFRAME_STRICT_PLUGINS   "1": a plugin that fails to import is an error, not a warning
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from typing import Any, Callable, Iterable
+
+import attrs
+import pluggy
+
+from . import hookspecs
+from .errors import PluginLoadError, PluginLoadWarning
+
+if sys.version_info >= (3, 12):
+    from importlib.metadata import EntryPoint, entry_points
+else:  # the backport knows EntryPoint.dist on every supported Python
+    from importlib_metadata import EntryPoint, entry_points
+
+ENTRY_POINT_GROUP = "pruneframe.plugins"
+BUILTIN_DISTRIBUTION = "pruneframe"
+ENV_ALLOW = "PRUNEFRAME_PLUGINS"
+ENV_BLOCK = "PRUNEFRAME_DISABLE_PLUGINS"
+ENV_STRICT = "PRUNEFRAME_STRICT_PLUGINS"
+
+
+@attrs.frozen
+class PluginInfo:
+    """One loaded plugin: where it came from and what it serves."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    hooks: tuple[str, ...]
+    builtin: bool
+
+
+@attrs.frozen
+class LayerPrunerEntry:
+    """A layer pruner as a plugin registered it."""
+
+    pruner: Any
+    module_types: tuple[type, ...] = attrs.field(converter=tuple)
+    name: str | None
+    plugin: str
+    builtin: bool
+
+
+@attrs.frozen
+class OpHandlerEntry:
+    """An op handler as a plugin registered it: for listed ops, or for every op a predicate accepts."""
+
+    ops: tuple[Any, ...] = attrs.field(converter=tuple)
+    predicate: Callable[[Any], bool] | None
+    handler: Callable[..., None]
+    name: str
+    plugin: str
+    builtin: bool
+
+
+def _env_names(var: str) -> set[str] | None:
+    raw = os.environ.get(var, "").strip()
+    return {n.strip() for n in raw.split(",") if n.strip()} if raw else None
+
+
+def _op_key(op: Any) -> Any:
+    """Ops are matched by overload, or by packet (every overload of it)."""
+    return op
+
+
+def _op_label(op: Any) -> str:
+    return str(op)
+
+
+class Registry:
+    """Everything the loaded plugins registered, with precedence-aware lookups."""
+
+    def __init__(self, plugins: list[PluginInfo], layer_pruners: list[LayerPrunerEntry], op_handlers: list[OpHandlerEntry]):
+        self.plugins = plugins
+        # third-party plugins first, so they override built-ins of the same type
+        self.layer_pruners = sorted(layer_pruners, key=lambda e: e.builtin)
+        self.op_handlers = sorted(op_handlers, key=lambda e: e.builtin)
+        self._by_type: dict[type, LayerPrunerEntry] = {}
+        for entry in reversed(self.layer_pruners):
+            for t in entry.module_types:
+                self._by_type[t] = entry
+        self._by_op: dict[Any, OpHandlerEntry] = {}
+        self._predicates: list[OpHandlerEntry] = []
+        for entry in reversed(self.op_handlers):
+            for op in entry.ops:
+                self._by_op[_op_key(op)] = entry
+        self._predicates = [e for e in self.op_handlers if e.predicate is not None]
+        self._functional: dict[str, Callable[..., Any]] = {}
+        for entry in reversed(self.layer_pruners):
+            if entry.name:
+                self._functional[f"prune_{entry.name}_out_channels"] = entry.pruner.prune_out_channels
+                self._functional[f"prune_{entry.name}_in_channels"] = entry.pruner.prune_in_channels
+        self._op_cache: dict[Any, OpHandlerEntry | None] = {}
+
+    def layer_pruner(self, module_type: type, customized: dict[type, Any] | None = None) -> Any:
+        """The pruner for ``module_type``: most specific class of its MRO first, customized before plugins."""
+        for cls in module_type.__mro__:
+            if customized and cls in customized:
+                return customized[cls]
+            entry = self._by_type.get(cls)
+            if entry is not None:
+                return entry.pruner
+        return None
+
+    def layer_pruner_entry(self, pruner: Any) -> LayerPrunerEntry | None:
+        for entry in self.layer_pruners:
+            if entry.pruner is pruner:
+                return entry
+        return None
+
+    def op_handler(self, op: Any) -> OpHandlerEntry | None:
+        """The handler for an ATen op overload: exact overload, then its packet, then predicates."""
+        try:
+            return self._op_cache[op]
+        except KeyError:
+            pass
+        entry = self._by_op.get(op)
+        if entry is None:
+            packet = getattr(op, "overloadpacket", None)
+            entry = self._by_op.get(packet) if packet is not None else None
+        if entry is None:
+            for candidate in self._predicates:
+                if candidate.predicate(op):
+                    entry = candidate
+                    break
+        self._op_cache[op] = entry
+        return entry
+
+    def functional_names(self) -> list[str]:
+        return sorted(self._functional)
+
+    def functional(self, name: str) -> Callable[..., Any] | None:
+        return self._functional.get(name)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """What ``pruneframe plugins`` prints: one dict per plugin."""
+        out = []
+        for info in self.plugins:
+            layers = sorted(
+                f"{t.__module__}.{t.__qualname__}" for e in self.layer_pruners if e.plugin == info.name for t in e.module_types
+            )
+            ops = sorted(
+                {_op_label(op) for e in self.op_handlers if e.plugin == info.name for op in e.ops}
+                | {f"<{e.name}>" for e in self.op_handlers if e.plugin == info.name and e.predicate is not None}
+            )
+            functional = sorted(
+                f"prune_{e.name}_{kind}_channels" for e in self.layer_pruners if e.plugin == info.name and e.name for kind in ("out", "in")
+            )
+            out.append(
+                {
+                    "name": info.name,
+                    "distribution": info.distribution,
+                    "version": info.version,
+                    "module": info.module,
+                    "builtin": info.builtin,
+                    "hooks": list(info.hooks),
+                    "module_types": layers,
+                    "ops": ops,
+                    "functions": functional,
+                }
+            )
+        return out
+
+
+def _distribution(ep: EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "<unknown>", "<unknown>"
+    return dist.metadata["Name"] or "<unknown>", dist.version or "<unknown>"
+
+
+def _load_entry_points() -> list[tuple[str, str, str, Any]]:
+    allow, block = _env_names(ENV_ALLOW), _env_names(ENV_BLOCK)
+    strict = os.environ.get(ENV_STRICT, "") not in ("", "0", "false", "False")
+    loaded, seen = [], set()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist_name, version = _distribution(ep)
+        if ep.name in seen:  # the same distribution seen twice on sys.path
+            continue
+        if (allow is not None and ep.name not in allow) or (block is not None and ep.name in block):
+            continue
+        try:
+            module = ep.load()
+        except Exception as exc:  # any import-time failure of a plugin is reported, by name
+            message = f'Error importing plugin "{ep.name}" from distribution "{dist_name}" ({ep.value}): {type(exc).__name__}: {exc}'
+            if strict:
+                raise PluginLoadError(message) from exc
+            warnings.warn(
+                f"{message}. It is skipped; the other plugins keep working. "
+                f"Set {ENV_BLOCK}={ep.name} to silence this, or {ENV_STRICT}=1 to make it an error.",
+                PluginLoadWarning,
+                stacklevel=3,
+            )
+            continue
+        seen.add(ep.name)
+        loaded.append((ep.name, dist_name, version, module))
+    return loaded
+
+
+def build_registry(extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
+    """Load every entry-point plugin (and ``extra_plugins``) and collect what they register."""
+    pm = pluggy.PluginManager("pruneframe")
+    pm.add_hookspecs(hookspecs)
+    infos: list[PluginInfo] = []
+    found = _load_entry_points() + [(name, "<in-process>", "", obj) for name, obj in extra_plugins]
+    for name, dist_name, version, module in found:
+        pm.register(module, name=name)
+    pm.check_pending()  # a misspelt hook name is an error, not a silent no-op
+
+    layer_entries: list[LayerPrunerEntry] = []
+    op_entries: list[OpHandlerEntry] = []
+    for name, dist_name, version, module in found:
+        builtin = dist_name == BUILTIN_DISTRIBUTION
+        hooks = tuple(sorted(h.name for h in pm.get_hookcallers(module) or ()))
+        infos.append(PluginInfo(name, dist_name, version, getattr(module, "__name__", repr(module)), hooks, builtin))
+
+        def register_layer(pruner: Any, module_types: Iterable[type] = (), *, name: str | None = None, _p=name, _b=builtin) -> None:
+            types = tuple(module_types)
+            for t in types:
+                if not isinstance(t, type):
+                    raise TypeError(f"plugin {_p!r} registered {t!r} as a module type; pass classes such as nn.Conv2d")
+            layer_entries.append(LayerPrunerEntry(pruner, types, name, _p, _b))
+
+        def register_op(ops: Any, handler: Callable[..., None], *, name: str, _p=name, _b=builtin) -> None:
+            if callable(ops) and not hasattr(ops, "overloads") and not hasattr(ops, "_schema"):
+                op_entries.append(OpHandlerEntry((), ops, handler, name, _p, _b))
+            else:
+                op_entries.append(OpHandlerEntry(tuple(ops), None, handler, name, _p, _b))
+
+        for impl in pm.hook.pruneframe_layer_pruners.get_hookimpls():
+            if impl.plugin is module:
+                impl.function(register=register_layer)
+        for impl in pm.hook.pruneframe_op_handlers.get_hookimpls():
+            if impl.plugin is module:
+                impl.function(register=register_op)
+    return Registry(infos, layer_entries, op_entries)
+
+
+_lock = threading.Lock()
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            _registry = build_registry()
+        return _registry
+
+
+def reload_plugins() -> Registry:
+    """Forget the loaded plugins and load them again (after installing one, or changing the environment)."""
+    global _registry
+    with _lock:
+        _registry = None
+    return get_registry()

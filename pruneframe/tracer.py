@@ -1,0 +1,437 @@
+"""Traces one forward pass and records which channels are coupled.
+
+The model runs once on the example inputs inside a ``TorchDispatchMode``. Layers
+that have a pruner are *leaves*: forward hooks label their outputs with fresh
+channel ids and tie their inputs' labels to their input channels; nothing
+inside them is traced. Every other ATen op goes to the op handler a plugin
+registered for it, which computes the labels of its outputs from those of its
+inputs and couples channels that must go together. An op nobody handles blocks
+the channels that reach it.
+
+The result is a table of channel ids (grouped into ``Space``s owned by
+``Node``s) and the couplings between them; ``pruneframe.graph`` turns those
+into groups.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Iterable, Sequence
+
+import attrs
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from . import labels as L
+from .errors import PruningError, UnsupportedOpWarning
+from .node import Node, Space
+from .plugin_manager import Registry
+
+
+def tensors_in(obj: Any) -> list[torch.Tensor]:
+    """The tensors in a nested structure of tuples, lists and dicts, in order."""
+    leaves, _ = tree_flatten(obj)
+    return [x for x in leaves if isinstance(x, torch.Tensor)]
+
+
+class OpContext:
+    """What an op handler may read and write while the trace runs.
+
+    Labels (see ``pruneframe.labels``) are int64 tensors broadcastable to the
+    traced tensor; ``None`` means the tensor carries no channel (a constant,
+    which cannot shrink).
+    """
+
+    def __init__(self, recorder: "_Recorder"):
+        self._r = recorder
+
+    def ids(self, t: Any) -> torch.Tensor | None:
+        """The reduced label of ``t`` (None for constants and non-tensors)."""
+        if not isinstance(t, torch.Tensor):
+            return None
+        return self._r.lookup(t)
+
+    def full(self, t: torch.Tensor) -> torch.Tensor:
+        """The label of ``t`` expanded to its shape, NONE where it carries no channel."""
+        return L.full(self.ids(t), t.shape)
+
+    def set(self, t: Any, ids: torch.Tensor | None) -> None:
+        """Make ``ids`` (broadcastable to ``t``'s shape) the label of output ``t``."""
+        if isinstance(t, torch.Tensor):
+            self._r.assign(t, ids)
+
+    def couple(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Channels at the same (broadcast) position of labels ``a`` and ``b`` are pruned together."""
+        self._r.couple(a, b)
+
+    def couple_along(self, ids: torch.Tensor, dim: int) -> None:
+        """All channels along ``dim`` of a label go together (that dimension cannot change size)."""
+        if ids.dim() and ids.shape[dim] > 1:
+            self._r.couple(ids, ids.narrow(dim, 0, 1))
+
+    def block(self, ids: torch.Tensor | None, reason: str) -> None:
+        """Channels in ``ids`` are never pruned, because of ``reason``."""
+        if ids is not None:
+            self._r.block(ids, reason)
+
+    def blocked_label(self, t: torch.Tensor) -> torch.Tensor:
+        return L.constant(t.shape, L.BLOCKED)
+
+    def replay(self, op: Any, args: Sequence[Any], kwargs: dict[str, Any], data: Iterable[int] = (0,)) -> Any:
+        """Run ``op`` again with the labels of the data arguments in place of the tensors.
+
+        ``data`` lists the positional arguments that hold data (a tensor or a
+        list of tensors); other tensor arguments (indices, masks) are passed
+        unchanged. Pure data-movement ops (views, cat, split, permute, index)
+        then compute exactly which channel lands where.
+        """
+        data = set(data)
+
+        def swap(x: Any) -> Any:
+            if isinstance(x, torch.Tensor):
+                return self.full(x)
+            if isinstance(x, (list, tuple)):
+                return type(x)(swap(y) for y in x)
+            return x
+
+        new_args = [swap(a) if i in data else a for i, a in enumerate(args)]
+        return op(*new_args, **kwargs)
+
+    def unsupported(self, op: Any, args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> None:
+        """What happens to an op nobody understands: its inputs' channels are blocked, its outputs too."""
+        self._r.note_unsupported(op)
+        reason = f"it reaches {op}, which no op plugin handles"
+        for t in tensors_in((args, kwargs)):
+            self.block(self.ids(t), reason)
+        for t in tensors_in(out):
+            self.set(t, self.blocked_label(t))
+
+
+@attrs.define
+class TraceResult:
+    """Channel ids, who owns them, and which are coupled or blocked."""
+
+    nodes: list[Node]
+    spaces: list[Space]
+    n_ids: int
+    edges: torch.Tensor  # 2 x E: coupled channel ids
+    block_reasons: list[tuple[torch.Tensor, str]]
+    unsupported_ops: dict[str, int]
+
+
+def _is_mutating(op: Any) -> list[int]:
+    schema = getattr(op, "_schema", None)
+    if schema is None:
+        return []
+    return [i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
+
+
+class _Recorder(TorchDispatchMode):
+    """The dispatch mode and leaf hooks that build a ``TraceResult``."""
+
+    def __init__(self, registry: Registry, leaves: dict[nn.Module, Node], raw_params: dict[int, tuple[str, nn.Parameter, int | None]]):
+        super().__init__()
+        self.registry = registry
+        self.leaves = leaves
+        self.raw_params = raw_params
+        self.param_nodes: dict[int, Node] = {}
+        self.nodes: list[Node] = list(leaves.values())
+        self.spaces: list[Space] = []
+        self.next_id = 1  # 0 is BLOCKED
+        self.store: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.storage_users: dict[int, list[torch.Tensor]] = {}
+        self.edges: list[torch.Tensor] = []
+        self.block_reasons: list[tuple[torch.Tensor, str]] = []
+        self.unsupported_ops: dict[str, int] = {}
+        self.depth = 0
+        self.ctx = OpContext(self)
+        self.assigned: set[int] = set()
+        self.leaf_problems: list[str] = []
+
+    # --- labels -------------------------------------------------------------
+    def allocate(self, node: Node, kind: str, size: int) -> Space:
+        space = Space(node, kind, self.next_id, size)
+        self.next_id += size
+        self.spaces.append(space)
+        if kind == "out":
+            node.out_space = space
+        else:
+            node.in_space = space
+        return space
+
+    def lookup(self, t: torch.Tensor) -> torch.Tensor | None:
+        found = self.store.get(id(t))
+        if found is not None and found[0] is t:
+            return found[1]
+        raw = self.raw_params.get(id(t))
+        if raw is not None:
+            return self._label_parameter(t, *raw)
+        return None
+
+    def _label_parameter(self, p: torch.Tensor, name: str, param: nn.Parameter, dim: int | None) -> torch.Tensor | None:
+        if p.dim() == 0:
+            return None
+        if dim is None:  # the last dimension with more than one element, as Torch-Pruning does
+            sizes = [d for d in range(p.dim()) if p.shape[d] > 1]
+            dim = sizes[-1] if sizes else p.dim() - 1
+        dim = dim % p.dim()
+        entry = self.registry.layer_pruner(nn.Parameter)
+        if entry is None:
+            ids = None  # no plugin prunes raw parameters: they stay what they are, a constant
+        else:
+            plugin = self.registry.layer_pruner_entry(entry)
+            node = Node(name, param, entry, plugin.plugin if plugin else "<unknown>", kind="parameter", pruning_dim=dim)
+            self.param_nodes[id(p)] = node
+            self.nodes.append(node)
+            space = self.allocate(node, "out", p.shape[dim])
+            ids = L.placed(p.shape, dim, space.ids())
+        self.assign(p, ids)
+        return ids
+
+    def assign(self, t: torch.Tensor, ids: torch.Tensor | None) -> None:
+        if ids is not None:
+            ids = L.align(ids, t.dim())
+            if ids.dim() != t.dim():
+                raise PruningError(f"an op handler gave a label of shape {tuple(ids.shape)} to a tensor of shape {tuple(t.shape)}")
+            ids = L.reduce(ids)
+            if bool((ids == L.NONE).all()):
+                ids = None
+        self.store[id(t)] = (t, ids)
+        self.assigned.add(id(t))
+        if t.device.type != "meta":
+            self.storage_users.setdefault(t.untyped_storage().data_ptr(), []).append(t)
+
+    def couple(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        a, b = torch.broadcast_tensors(a, b)
+        keep = (a >= 0) & (b >= 0) & (a != b)
+        if bool(keep.any()):
+            self.edges.append(torch.stack([a[keep], b[keep]]))
+
+    def block(self, ids: torch.Tensor, reason: str) -> None:
+        ids = torch.unique(ids[ids > 0])
+        if ids.numel():
+            self.edges.append(torch.stack([ids, torch.zeros_like(ids)]))
+            self.block_reasons.append((ids, reason))
+
+    def note_unsupported(self, op: Any) -> None:
+        name = str(op)
+        self.unsupported_ops[name] = self.unsupported_ops.get(name, 0) + 1
+
+    # --- ops ----------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.depth == 0:
+            self.handle_op(func, args, kwargs, out)
+        return out
+
+    def handle_op(self, op: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        inputs = tensors_in((args, kwargs))
+        outputs = tensors_in(out)
+        if not any(self.lookup(t) is not None for t in inputs):
+            for t in outputs:
+                self.assign(t, None)
+            return
+        entry = self.registry.op_handler(op)
+        self.assigned = set()
+        if entry is None:
+            self.ctx.unsupported(op, args, kwargs, out)
+        else:
+            try:
+                entry.handler(self.ctx, op, args, kwargs, out)
+            except PruningError:
+                raise
+            except Exception as exc:
+                raise PruningError(
+                    f"op handler {entry.name!r} of plugin {entry.plugin!r} failed on {op}: {type(exc).__name__}: {exc}. "
+                    f"Disable the plugin with PRUNEFRAME_DISABLE_PLUGINS={entry.plugin} or report it to its authors."
+                ) from exc
+        for t in outputs:
+            if id(t) not in self.assigned:  # a handler that forgot an output must not let channels through unseen
+                self.block(self.ctx.full(t) if self.lookup(t) is not None else L.constant(t.shape, L.NONE), f"{op} left it unlabelled")
+                self.assign(t, L.constant(t.shape, L.BLOCKED))
+        for i in _is_mutating(op):
+            if i < len(args) and isinstance(args[i], torch.Tensor):
+                self._check_aliases(args[i], op)
+
+    def _check_aliases(self, t: torch.Tensor, op: Any) -> None:
+        """An in-place write through a view changes its base too: block both, the labels cannot follow."""
+        if t.device.type == "meta":
+            return
+        users = self.storage_users.get(t.untyped_storage().data_ptr(), [])
+        others = [
+            u for u in users
+            if u is not t and (u.shape != t.shape or u.stride() != t.stride() or u.storage_offset() != t.storage_offset())
+        ]
+        if not others:
+            return
+        reason = f"{op} writes in place into a view of another tensor"
+        for u in [t, *others]:
+            ids = self.lookup(u)
+            if ids is not None:
+                self.block(ids, reason)
+                self.store[id(u)] = (u, L.constant(u.shape, L.BLOCKED))
+
+    # --- leaf layers ------------------------------------------------------------
+    def leaf_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.depth += 1
+
+    def leaf_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            self.handle_leaf(self.leaves[module], args, kwargs, output)
+
+    def handle_leaf(self, node: Node, args: tuple, kwargs: dict, output: Any) -> None:
+        module, pruner = node.module, node.pruner
+        inputs, outputs = tensors_in((args, kwargs)), tensors_in(output)
+        try:
+            in_dims = list(pruner.input_channel_dims(module, inputs))
+            out_dims = list(pruner.output_channel_dims(module, outputs))
+        except Exception as exc:
+            raise PruningError(
+                f"the pruner {type(pruner).__name__} (plugin {node.plugin!r}) failed to describe layer {node.name!r}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        node.calls += 1
+        first = node.calls == 1
+
+        def size_of(tensors: list[torch.Tensor], dims: list[Any]) -> int:
+            for t, d in zip(tensors, dims):
+                if d is not None:
+                    return t.shape[d.dim] // d.repeat
+            return 0
+
+        if first:
+            self.allocate(node, "out", size_of(outputs, out_dims))
+            self.allocate(node, "in", size_of(inputs, in_dims))
+        out_space, in_space = node.out_space, node.in_space
+        assert out_space is not None and in_space is not None
+
+        mismatch = None
+        for t, d in zip(outputs, out_dims):
+            if d is None:
+                self.assign(t, None)
+            elif t.shape[d.dim] != out_space.size * d.repeat:
+                mismatch = f"output of shape {tuple(t.shape)} does not hold {out_space.size} channels along dim {d.dim}"
+                self.assign(t, L.constant(t.shape, L.BLOCKED))
+            else:
+                self.assign(t, L.placed(t.shape, d.dim, out_space.ids().repeat(d.repeat)))
+        for t, d in zip(inputs, in_dims):
+            ids = self.lookup(t)
+            if d is None:
+                self.block(ids, f"it enters {node.name} ({node.type}) where its pruner expects no channels") if ids is not None else None
+                continue
+            if t.shape[d.dim] != in_space.size * d.repeat:
+                mismatch = f"input of shape {tuple(t.shape)} does not hold {in_space.size} channels along dim {d.dim}"
+                if ids is not None:
+                    self.block(ids, f"it enters {node.name} along an unexpected dimension")
+                continue
+            mine = L.placed(t.shape, d.dim, in_space.ids().repeat(d.repeat))
+            if ids is None:  # a constant input cannot shrink: its channels go all together or not at all
+                self.couple(mine, mine.narrow(d.dim % t.dim(), 0, 1))
+            else:
+                self.couple(L.align(ids, t.dim()), mine)
+        if mismatch is not None:
+            self.leaf_problems.append(f"{node.name} ({node.type}): {mismatch}")
+            for space in (out_space, in_space):
+                self.block(space.ids(), f"{node.name} was called with shapes its pruner does not describe ({mismatch})")
+        if first:
+            for c in pruner.couplings(module, out_space.size, in_space.size):
+                a = node.space(c.a_space)
+                b = node.space(c.b_space)
+                self.couple(torch.as_tensor(c.a_idxs, dtype=torch.long) + a.base, torch.as_tensor(c.b_idxs, dtype=torch.long) + b.base)
+
+
+def default_forward(model: nn.Module, example_inputs: Any) -> Any:
+    """Torch-Pruning's convention: a dict is keyword inputs, a tuple or list positional ones."""
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: Any,
+    registry: Registry,
+    customized: dict[type, Any],
+    forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+    output_transform: Callable[[Any], Any] | None = None,
+    unwrapped_parameters: Iterable[tuple[nn.Parameter, int]] | None = None,
+) -> TraceResult:
+    """Run ``model`` once and record its channel couplings. The model is left as it was."""
+    leaves: dict[nn.Module, Node] = {}
+    inside_leaf: set[int] = set()
+    names = {id(m): n for n, m in model.named_modules()}
+    for name, module in model.named_modules():
+        if id(module) in inside_leaf:
+            continue
+        pruner = registry.layer_pruner(type(module), customized)
+        if pruner is None:
+            continue
+        if customized and any(isinstance(module, t) for t in customized) and registry.layer_pruner_entry(pruner) is None:
+            plugin = "<register_customized_layer>"
+        else:
+            entry = registry.layer_pruner_entry(pruner)
+            plugin = entry.plugin if entry else "<register_customized_layer>"
+        leaves[module] = Node(name or "(model)", module, pruner, plugin)
+        for sub in module.modules():
+            if sub is not module:
+                inside_leaf.add(id(sub))
+
+    owned = {id(p) for m in leaves for p in m.parameters()}
+    explicit = {id(p): dim for p, dim in (unwrapped_parameters or ())}
+    raw_params: dict[int, tuple[str, nn.Parameter, int | None]] = {}
+    for pname, p in model.named_parameters():
+        if id(p) not in owned:
+            raw_params[id(p)] = (pname, p, explicit.get(id(p)))
+    for p, dim in unwrapped_parameters or ():
+        if id(p) not in raw_params:
+            raw_params[id(p)] = (f"<unwrapped {tuple(p.shape)}>", p, dim)
+
+    recorder = _Recorder(registry, leaves, raw_params)
+    handles = []
+    for module in leaves:
+        handles.append(module.register_forward_pre_hook(recorder.leaf_pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(recorder.leaf_post, with_kwargs=True))
+
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    rng = torch.get_rng_state()
+    forward = forward_fn or default_forward
+    try:
+        with torch.no_grad(), recorder:
+            for t in tensors_in(example_inputs):
+                recorder.assign(t, L.constant(t.shape, L.BLOCKED))
+            output = forward(model, example_inputs)
+            finals = tensors_in(output)
+            if output_transform is not None:
+                finals += tensors_in(output_transform(output))
+            for t in finals:
+                ids = recorder.lookup(t)
+                if ids is not None:
+                    recorder.block(ids, "it reaches a model output")
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                if n in buffers and b.shape == buffers[n].shape:
+                    b.copy_(buffers[n])
+        torch.set_rng_state(rng)
+
+    for node in leaves.values():
+        if node.calls == 0:  # never called: nothing is known of its channels, so they stay as they are
+            node.out_space = node.out_space or recorder.allocate(node, "out", 0)
+            node.in_space = node.in_space or recorder.allocate(node, "in", 0)
+    if recorder.unsupported_ops:
+        listed = ", ".join(f"{k} (x{v})" for k, v in sorted(recorder.unsupported_ops.items()))
+        warnings.warn(
+            f"pruneframe does not understand these ops, so channels that reach them are not pruned: {listed}. "
+            "Write an op plugin (see docs/writing-plugins.md) to prune across them.",
+            UnsupportedOpWarning,
+            stacklevel=3,
+        )
+    edges = torch.cat(recorder.edges, dim=1) if recorder.edges else torch.empty(2, 0, dtype=torch.long)
+    return TraceResult(recorder.nodes, recorder.spaces, recorder.next_id, edges, recorder.block_reasons, recorder.unsupported_ops)
