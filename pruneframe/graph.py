@@ -152,6 +152,7 @@ class DependencyGraph:
     def _map_indices(self, source: Space, target: Space, idxs: Sequence[int]) -> list[int]:
         index = torch.as_tensor(list(idxs), dtype=torch.long)
         members = self._components.members(source.base + source.original_positions(index))
+        members = members[members > 0]
         inside = members[(members >= target.base) & (members < target.base + target.size)] - target.base
         return target.current_positions(inside).tolist()
 
@@ -176,6 +177,7 @@ class DependencyGraph:
         root_space = root.space(kind)
         assert root_space is not None
         members = self._components.members(root_space.base + root_space.original_positions(index)) if index.numel() else index
+        members = members[members > 0]  # id 0 stands for "blocked", owned by no layer
         member_roots = self._roots[members]
         blocked_ids = members[member_roots == 0]
         reasons: list[str] = []

@@ -1,0 +1,192 @@
+"""The DependencyGraph API as Torch-Pruning users call it, and the tracer's safety rules."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pruneframe as tp
+from pruneframe.testing import assert_prune_equivalent, check_prune_equivalence, prune_random
+
+
+class TwoBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 6, 1)
+        self.mix = nn.Conv2d(10, 5, 1)
+        self.head = nn.Conv2d(5, 2, 1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.mix(torch.cat([self.a(x), self.b(x)], 1))))
+
+
+X = torch.randn(1, 3, 8, 8)
+
+
+def test_concat_offsets_are_exact() -> None:
+    model = TwoBranch()
+    DG = tp.DependencyGraph().build_dependency(model, X)
+    group = DG.get_pruning_group(model.b, tp.prune_conv_out_channels, [0, 2, 5])
+    found = {dep.target.name: (tp.group.function_name(dep.handler), idxs) for dep, idxs in group}
+    assert found == {"b": ("prune_out_channels", [0, 2, 5]), "mix": ("prune_in_channels", [4, 6, 9])}
+    mix_dep = next(dep for dep, _ in group if dep.target.module is model.mix)
+    assert mix_dep.index_mapping([1]) == [5]
+    assert mix_dep.source.module is model.b and mix_dep.trigger is tp.prune_conv_out_channels
+    table = str(group)
+    assert "mix" in table and "prune_in_channels" in table and "[4, 6, 9]" in table
+    group.exec()  # Torch-Pruning's older spelling
+    assert model.b.out_channels == 3 and model.mix.in_channels == 7
+    assert model(X).shape == (1, 2, 8, 8)
+
+
+def test_example_inputs_tuple_and_dict() -> None:
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f, self.g, self.out = nn.Linear(4, 8), nn.Linear(6, 8), nn.Linear(8, 2)
+
+        def forward(self, x, y, scale=1.0):
+            return self.out(F.relu(self.f(x) + self.g(y)) * scale)
+
+    x, y = torch.randn(2, 4), torch.randn(2, 6)
+    for inputs in [(x, y), [x, y], {"x": x, "y": y}]:
+        model = TwoInputs()
+        DG = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+        group = DG.get_pruning_group(model.f, tp.prune_linear_out_channels, [1, 3])
+        assert {dep.target.name for dep, _ in group} == {"f", "g", "out"}
+        group.prune()
+        assert model(x, y).shape == (2, 2) and model.g.out_features == 6
+
+
+def test_get_all_groups_roots_and_ignored_layers() -> None:
+    model = TwoBranch()
+    DG = tp.DependencyGraph().build_dependency(model, X)
+    roots = [g[0].dep.target.name for g in DG.get_all_groups()]
+    assert roots == ["a", "b", "mix"]  # head's outputs are the model's output: not prunable
+    roots = [g[0].dep.target.name for g in DG.get_all_groups(ignored_layers=[model.mix])]
+    assert roots == ["a", "b"]
+    roots = [g[0].dep.target.name for g in DG.get_all_groups(root_module_types=[nn.Linear])]
+    assert roots == []
+    DG = tp.DependencyGraph().build_dependency(model, X, ignored_layers=[model.a])
+    assert [g[0].dep.target.name for g in DG.get_all_groups()] == ["b", "mix"]
+    assert not DG.check_pruning_group(DG.get_pruning_group(model.a, tp.prune_conv_out_channels, [0]))
+
+
+def test_unknown_op_blocks_and_is_reported_once() -> None:
+    class Sorts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.c3 = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 4, 1), nn.Conv2d(6, 4, 1)
+
+        def forward(self, x):
+            y = self.c1(x)
+            z = torch.sort(y, dim=2).values  # sort along a spatial dim: no plugin handles aten.sort
+            z = torch.sort(z, dim=3).values
+            return self.c2(z) + self.c3(y)
+
+    model = Sorts()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        DG = tp.DependencyGraph().build_dependency(model, X)
+    reports = [w for w in caught if issubclass(w.category, tp.UnsupportedOpWarning)]
+    assert len(reports) == 1 and "aten.sort" in str(reports[0].message) and "op plugin" in str(reports[0].message)
+    group = DG.get_pruning_group(model.c1, tp.prune_conv_out_channels, [0])
+    assert not DG.check_pruning_group(group)
+    assert any("aten.sort" in r for r in group.blocked_reasons)
+    assert [g[0].dep.target.name for g in DG.get_all_groups()] == []  # c2/c3 outputs reach the model output
+
+
+def test_several_prunes_through_one_graph_stay_exact() -> None:
+    first, second = prune_random(ratio=0.3, seed=0), prune_random(ratio=0.3, seed=1)
+
+    def twice(graph, model):
+        first(graph, model)
+        second(graph, model)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 10, 1), nn.Conv2d(10, 10, 3, padding=1), nn.Conv2d(10, 3, 1)
+
+        def forward(self, x):
+            y = F.relu(self.a(x))
+            return self.c(F.relu(self.b(y)) + y)
+
+    error, pruned, graph = check_prune_equivalence(Net(), X, twice)
+    assert error < 1e-9 and len(graph.pruning_history()) == 2
+    assert pruned.a.out_channels < 7  # two rounds of 30%
+
+
+def test_weight_sharing_layer_called_twice() -> None:
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem1, self.stem2 = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 6, 1)
+            self.shared = nn.Conv2d(6, 8, 3, padding=1)
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.head(F.relu(self.shared(self.stem1(x))) + F.relu(self.shared(self.stem2(x))))
+
+    assert_prune_equivalent(Shared(), X, prune_random(ratio=0.5, seed=0))
+    model = Shared()
+    DG = tp.DependencyGraph().build_dependency(model, X)
+    group = DG.get_pruning_group(model.stem1, tp.prune_conv_out_channels, [0])
+    assert {dep.target.name for dep, _ in group} == {"stem1", "stem2", "shared"}
+
+
+def test_unwrapped_parameter_with_explicit_dim() -> None:
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 6, 1)
+            self.gain = nn.Parameter(torch.rand(1, 6, 1, 1) + 0.5)
+            self.out = nn.Conv2d(6, 2, 1)
+
+        def forward(self, x):
+            return self.out(self.c(x) * self.gain)
+
+    model = Scaled()
+    DG = tp.DependencyGraph().build_dependency(model, X, unwrapped_parameters=[(model.gain, 1)])
+    group = DG.get_pruning_group(model.c, tp.prune_conv_out_channels, [2, 4])
+    assert any(dep.target.module is model.gain for dep, _ in group)
+    group.prune()
+    assert model.gain.shape == (1, 4, 1, 1) and model(X).shape == (1, 2, 8, 8)
+    assert_prune_equivalent(Scaled(), X, prune_random(ratio=0.5, seed=0))
+
+
+def test_errors_name_the_problem() -> None:
+    model = TwoBranch()
+    DG = tp.DependencyGraph()
+    with pytest.raises(tp.PruningError, match="build_dependency"):
+        DG.get_pruning_group(model.a, tp.prune_conv_out_channels, [0])
+    DG.build_dependency(model, X)
+    with pytest.raises(ValueError, match="not a node"):
+        DG.get_pruning_group(nn.Conv2d(3, 3, 1), tp.prune_conv_out_channels, [0])
+    with pytest.raises(ValueError, match="output or input"):
+        DG.get_pruning_group(model.a, lambda layer, idxs: layer, [0])
+    with pytest.raises(TypeError, match="class"):
+        DG.register_customized_layer(model.a, object())
+    with pytest.raises(AttributeError, match="prune_nothing_out_channels"):
+        tp.prune_nothing_out_channels  # noqa: B018
+
+
+def test_group_prune_with_new_indices_and_in_channel_trigger() -> None:
+    model = TwoBranch()
+    DG = tp.DependencyGraph().build_dependency(model, X)
+    group = DG.get_pruning_group(model.mix, tp.prune_conv_in_channels, [4])
+    assert {dep.target.name for dep, _ in group} == {"b", "mix"}
+    group.prune(idxs=[0, 1])  # re-derived for the root's new indices
+    assert model.mix.in_channels == 8 and model.a.out_channels == 2 and model.b.out_channels == 6
+
+
+def test_pruning_works_for_every_functional_trigger_of_bn() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 2, 1))
+    DG = tp.DependencyGraph().build_dependency(model, X)
+    group = DG.get_pruning_group(model[1], tp.prune_batchnorm_out_channels, [1])
+    assert {dep.target.name for dep, _ in group} == {"0", "1", "3"}
+    group.prune()
+    assert model[1].num_features == 5 and model(X).shape == (1, 2, 8, 8)
