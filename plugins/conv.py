@@ -151,6 +151,18 @@ class ConvPruner(BasePruningFunc):
                 layer.weight[k * per_out:(k + 1) * per_out, i % per_in] = 0
 
 
+    def mask_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> None:
+        index = torch.as_tensor(list(idxs), dtype=torch.long)
+        if _transposed(layer):
+            per = layer.out_channels // layer.groups
+            with torch.no_grad():
+                for o in index.tolist():
+                    layer.weight[(o // per) * (layer.in_channels // layer.groups):((o // per) + 1) * (layer.in_channels // layer.groups), o % per] = 0
+        else:
+            zero_(layer, "weight", 0, index)
+        zero_(layer, "bias", 0, index)
+
+
 @hookimpl(trylast=True)
 def pruneframe_layer_pruners(register):
     types = [nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d]

@@ -211,6 +211,16 @@ class DependencyGraph:
             items.insert(0, root_item)
         return Group(self, items, touched, reasons, index.tolist())
 
+    def _root_blocks(self, node: Node, trigger: Callable[..., Any], idxs: Sequence[int]) -> list[list[int]]:
+        kind = "out" if node.kind == "parameter" else channel_kind(trigger)
+        space = node.space(kind)
+        assert space is not None
+        index = torch.as_tensor(list(idxs), dtype=torch.long)
+        roots = self._roots[space.base + space.original_positions(index)]
+        order = torch.argsort(roots, stable=True)
+        _, counts = torch.unique_consecutive(roots[order], return_counts=True)
+        return [index[chunk].tolist() for chunk in torch.split(order, counts.tolist())]
+
     def get_all_groups(self, ignored_layers: Iterable[Any] = (), root_module_types: Iterable[type] | None = None) -> Iterator[Group]:
         """One group per prunable root layer: all its channels that may be pruned, with everything coupled to them.
 

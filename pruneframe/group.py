@@ -117,6 +117,13 @@ class Group:
     def __getitem__(self, k: int) -> GroupItem:
         return self._items[k]
 
+    def root_blocks(self) -> list[list[int]]:
+        """The root indices partitioned into blocks that can only be pruned whole (coupled inside the root layer)."""
+        if not self._items:
+            return []
+        root = self._items[0].dep
+        return self._graph._root_blocks(root.target, root.trigger, self.root_idxs)
+
     def has_dep(self, dep: Dependency) -> bool:
         return any(item.dep is dep for item in self._items)
 

@@ -177,7 +177,11 @@ class BasePruningFunc:
         )
 
     def mask_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> None:
-        """Zero the connections a layer loses *inside itself* when its outputs ``idxs`` go (e.g. recurrence)."""
+        """Silence output channels ``idxs`` of an unpruned layer, and cut what it loses inside itself (e.g. recurrence).
+
+        Consumers that are layers have their inputs masked too; this covers
+        consumers that are ops (a contraction such as ``q @ k^T``, a sum).
+        """
 
 
 LayerPruner = BasePruningFunc
@@ -277,3 +281,9 @@ class DeclarativeLayerPruner(BasePruningFunc):
         for spec in self.tensors:
             if spec.in_ is not None:
                 zero_(layer, spec.name, spec.in_, index)
+
+    def mask_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> None:
+        index = _as_index(idxs)
+        for spec in self.tensors:
+            if spec.out is not None and isinstance(getattr(layer, spec.name, None), nn.Parameter):
+                zero_(layer, spec.name, spec.out, index)

@@ -54,15 +54,23 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def masked_reference(original: nn.Module, graph: DependencyGraph) -> nn.Module:
-    """A copy of the unpruned ``original`` with every connection the prunes in ``graph`` removed set to zero."""
+    """A copy of the unpruned ``original`` with every connection the prunes in ``graph`` removed set to zero.
+
+    Consumers' inputs from pruned channels are zeroed (``mask_in_channels``) and
+    pruned channels are silenced where they are produced (``mask_out_channels``),
+    so pruned channels reach neither layers nor ops such as contractions and sums.
+    """
     reference = copy.deepcopy(original)
     modules = dict(reference.named_modules())
+    params = dict(reference.named_parameters())
     nodes = {node.name: node for node in graph.module2node.values()}
     for records in graph.pruning_history():
         for record in records:
             node = nodes[record.name]
             if node.kind == "parameter":
-                continue  # a raw parameter has no input connections
+                with torch.no_grad():
+                    params[record.name].index_fill_(node.pruning_dim, torch.tensor(record.traced, dtype=torch.long), 0)
+                continue
             layer = modules["" if record.name == ROOT_NAME else record.name]
             traced = list(record.traced)
             if record.kind == "in" and not node.in_out_coupled:
@@ -103,25 +111,22 @@ def prune_random(ratio: float = 0.3, seed: int = 0, ignored_layers: Callable[[nn
         ignored = ignored_layers(model) if ignored_layers else []
         done = 0
         for group in list(graph.get_all_groups(ignored_layers=ignored, **group_kwargs)):
-            candidates = list(group.root_idxs)
-            rng.shuffle(candidates)
-            want = int(len(candidates) * ratio)
+            blocks = group.root_blocks()
+            rng.shuffle(blocks)
+            want = int(len(group.root_idxs) * ratio)
+            chosen: list[int] = []
+            for block in blocks:
+                if len(chosen) + len(block) > want:
+                    continue
+                chosen += block
             root = group[0].dep
-            chosen: set[int] = set()
-            for idx in candidates:
-                if len(chosen) >= want:
-                    break
-                if idx in chosen:
-                    continue
-                trial = graph.get_pruning_group(root.target.module, root.trigger, sorted(chosen | {idx}))
-                if not graph.check_pruning_group(trial):
-                    continue
-                chosen |= set(trial[0].idxs)
-            if chosen:
+            while chosen:
                 final = graph.get_pruning_group(root.target.module, root.trigger, sorted(chosen))
                 if graph.check_pruning_group(final):
                     final.prune()
                     done += 1
+                    break
+                chosen = chosen[: len(chosen) // 2]  # it would empty some coupled layer: take less
         return done
 
     return step
