@@ -109,6 +109,20 @@ class ConvPruner(BasePruningFunc):
         layer.in_channels = n - index.numel()
         return layer
 
+    def check_prune(self, layer: nn.Module, kind: str, idxs: Sequence[int]) -> str | None:
+        index = torch.as_tensor(list(idxs), dtype=torch.long)
+        try:
+            if _depthwise(layer):
+                per = layer.out_channels // layer.groups
+                if kind == "out" and torch.unique(index // per).numel() * per != index.numel():
+                    return f"a depthwise conv loses whole groups of {per} outputs, not {index.tolist()}"
+            elif layer.groups > 1:
+                n = layer.out_channels if kind == "out" else layer.in_channels
+                _local_positions(layer, index, n, "output" if kind == "out" else "input")
+        except ValueError as exc:
+            return str(exc)
+        return None
+
     # --- tracing ------------------------------------------------------------------
     def _channel_dim(self, layer: nn.Module, t: torch.Tensor) -> int:
         return t.dim() - (layer.weight.dim() - 2) - 1  # batched: 1, unbatched: 0

@@ -24,6 +24,11 @@ class GroupNormPruner(DeclarativeLayerPruner):
             found.append(Coupling("out", grid[1:].flatten(), "out", grid[0].repeat(g - 1)))
         return found
 
+    def check_prune(self, layer, kind, idxs):
+        n, g = layer.num_channels, layer.num_groups
+        left = n - len(set(int(i) for i in idxs))
+        return None if left % g == 0 else f"GroupNorm(num_groups={g}) would keep {left} channels, not a multiple of {g}"
+
     def _prune(self, layer, idxs, kind):
         n, g = layer.num_channels, layer.num_groups
         removed = len(set(int(i) for i in idxs))

@@ -37,6 +37,21 @@ def channel_kind(pruning_fn: Callable[..., Any]) -> str:
     )
 
 
+class ModuleHints:
+    """What plugins' module hints say a model's code fixes; handed to each hint function."""
+
+    def __init__(self) -> None:
+        self.kept: list[tuple[nn.Module, str, str]] = []
+
+    def keep_out_channels(self, layer: nn.Module, reason: str) -> None:
+        """``layer``'s output channels must all stay, because of ``reason``."""
+        self.kept.append((layer, "out", reason))
+
+    def keep_in_channels(self, layer: nn.Module, reason: str) -> None:
+        """``layer``'s input channels must all stay, because of ``reason``."""
+        self.kept.append((layer, "in", reason))
+
+
 class DependencyGraph:
     """The channel coupling of one model, built from one traced forward pass."""
 
@@ -97,14 +112,32 @@ class DependencyGraph:
             if node.kind == "parameter":
                 self.module2node[node.module] = node
         self._bases = torch.tensor([s.base for s in self._trace.spaces], dtype=torch.long)
-        edges = self._trace.edges
-        for layer in self.ignored_layers:
+        kept = [(layer, "out", f"{self.module2node[layer].name if layer in self.module2node else layer} is an ignored layer")
+                for layer in self.ignored_layers]
+        hints = ModuleHints()
+        self._fixups: list[tuple[nn.Module, Callable[[Any], None]]] = []
+        for module in model.modules():
+            for entry in self.registry.hints:
+                if isinstance(module, entry.module_types):
+                    entry.function(module, hints)
+            for entry in self.registry.fixups:
+                if isinstance(module, entry.module_types):
+                    self._fixups.append((module, entry.function))
+        kept += hints.kept
+        edges = [self._trace.edges]
+        for layer, kind, reason in kept:
             node = self.module2node.get(layer)
-            if node is not None and node.out_space is not None and node.out_space.size:
-                ids = node.out_space.ids()
-                edges = torch.cat([edges, torch.stack([ids, torch.zeros_like(ids)])], 1)
-                self._trace.block_reasons.append((ids, f"{node.name} is an ignored layer"))
-        self._roots = connected_components(self._trace.n_ids, edges)
+            space = node.space(kind) if node is not None else None
+            if space is not None and space.size:
+                ids = space.ids()
+                edges.append(torch.stack([ids, torch.zeros_like(ids)]))
+                self._trace.block_reasons.append((ids, reason))
+        edges = torch.cat(edges, 1)
+        # Membership follows couplings only; whether a channel is blocked follows the block edges too.
+        # (All blocked channels meet at id 0: with those edges they would form one meaningless group.)
+        coupling = edges[:, (edges != 0).all(0)]
+        self._roots = connected_components(self._trace.n_ids, coupling)
+        self._blocked = connected_components(self._trace.n_ids, edges) == 0
         self._components = ComponentIndex(self._roots)
         return self
 
@@ -179,7 +212,7 @@ class DependencyGraph:
         members = self._components.members(root_space.base + root_space.original_positions(index)) if index.numel() else index
         members = members[members > 0]  # id 0 stands for "blocked", owned by no layer
         member_roots = self._roots[members]
-        blocked_ids = members[member_roots == 0]
+        blocked_ids = members[self._blocked[members]]
         reasons: list[str] = []
         if blocked_ids.numel():
             for ids, reason in trace_.block_reasons:
@@ -248,7 +281,7 @@ class DependencyGraph:
             alive = space.alive.nonzero().flatten()
             ids = space.base + alive
             roots = self._roots[ids]
-            ok = (roots != 0) & ~torch.isin(roots, extra) & ~visited[ids]
+            ok = ~self._blocked[ids] & ~torch.isin(roots, extra) & ~visited[ids]
             if not bool(ok.any()):
                 continue
             index = space.current_positions(alive[ok])

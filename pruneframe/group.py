@@ -138,6 +138,15 @@ class Group:
         for space, traced in self._members:
             if traced.numel() and traced.numel() >= space.current_size:
                 found.append(f"it would remove all {space.current_size} {space.kind}put channels of {space.node.name} ({space.node.type})")
+        if not found:
+            for dep, idxs in self._items:
+                node = dep.target
+                check = getattr(node.pruner, "check_prune", None)
+                if node.kind == "layer" and check is not None:
+                    kind = "in" if "in_channels" in function_name(dep.handler) else "out"
+                    problem = check(node.module, kind, idxs)
+                    if problem:
+                        found.append(f"{node.name} ({node.type}): {problem}")
         return found
 
     def prune(self, idxs: Sequence[int] | None = None, record_history: bool = True) -> None:
@@ -158,7 +167,8 @@ class Group:
                 + ". Check it first with DependencyGraph.check_pruning_group, or pick other indices."
             )
         self._graph._check_unchanged([item.dep.target for item in self._items])
-        snapshot = _Snapshot([item.dep.target for item in self._items])
+        fixups = self._graph._fixups
+        snapshot = _Snapshot([item.dep.target for item in self._items], [module for module, _ in fixups])
         for item in self._items:
             node = item.dep.target
             try:
@@ -168,6 +178,15 @@ class Group:
                 raise PruningError(
                     f"pruning {node.name} ({node.type}) with {function_name(item.dep.handler)} of plugin {node.plugin!r} "
                     f"failed: {type(exc).__name__}: {exc}. Every touched module was restored; the model is as it was."
+                ) from exc
+        for module, fixup in fixups:
+            try:
+                fixup(module)
+            except Exception as exc:
+                snapshot.restore()
+                raise PruningError(
+                    f"the fix-up {getattr(fixup, '__qualname__', fixup)!r} failed on {type(module).__name__} after a prune: "
+                    f"{type(exc).__name__}: {exc}. Every touched module was restored; the model is as it was."
                 ) from exc
         snapshot.check_untouched_originals()
         records = []
@@ -209,8 +228,8 @@ class Group:
 class _Snapshot:
     """Everything a prune can change in the touched modules, to put back if it fails."""
 
-    def __init__(self, nodes: list[Node]):
-        modules: dict[int, nn.Module] = {}
+    def __init__(self, nodes: list[Node], extra_modules: list[nn.Module] = ()):
+        modules: dict[int, nn.Module] = {id(m): m for m in extra_modules}
         tensors: dict[int, torch.Tensor] = {}
         for node in nodes:
             if isinstance(node.module, nn.Module):

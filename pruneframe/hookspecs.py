@@ -53,3 +53,35 @@ def pruneframe_op_handlers(register: RegisterOpHandler) -> None:
     ``ctx`` (a ``pruneframe.tracer.OpContext``) and sets the labels of ``out``.
     An op no handler claims blocks pruning across it.
     """
+
+
+class RegisterModuleHint(Protocol):
+    def __call__(self, module_types: Iterable[type], hint: Callable[[Any, Any], None], *, name: str) -> None: ...
+
+
+class RegisterFixup(Protocol):
+    def __call__(self, module_types: Iterable[type], fixup: Callable[[Any], None], *, name: str) -> None: ...
+
+
+@hookspec
+def pruneframe_module_hints(register: RegisterModuleHint) -> None:
+    """Register hints: what a module's *code* fixes, which no trace can see.
+
+    Called once, when plugins are loaded. ``register(module_types, hint,
+    name=...)``: while ``build_dependency`` runs, ``hint(module, hints)`` is
+    called for every module of those types in the model, and may call
+    ``hints.keep_out_channels(layer, reason)`` / ``hints.keep_in_channels(layer,
+    reason)`` for sub-layers whose widths the module's code hard-codes (for
+    example an attention block that reshapes with a stored head width).
+    """
+
+
+@hookspec
+def pruneframe_fixups(register: RegisterFixup) -> None:
+    """Register fix-ups: attributes to update after a prune (e.g. a stored hidden size).
+
+    Called once, when plugins are loaded. ``register(module_types, fixup,
+    name=...)``: after every group a graph prunes, ``fixup(module)`` runs for
+    each module of those types in its model, inside the prune's transaction (if
+    it raises, the prune is undone).
+    """

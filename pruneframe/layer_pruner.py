@@ -33,11 +33,14 @@ class ChannelDim:
 
     ``dim`` is the tensor dimension; along it the layer's channels appear
     ``repeat`` times in a row (a bidirectional RNN's output holds its hidden
-    units twice).
+    units twice). ``space`` says whose channels: an input normally carries the
+    layer's input channels ("in"), but some carry its output channels ("out"),
+    like an RNN's initial hidden state.
     """
 
     dim: int
     repeat: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    space: str = attrs.field(default="in", validator=attrs.validators.in_(("in", "out")))
 
 
 @attrs.frozen
@@ -168,6 +171,15 @@ class BasePruningFunc:
             r = torch.arange(n_out)
             return [Coupling("in", r, "out", r)]
         return []
+
+    def check_prune(self, layer: nn.Module, kind: str, idxs: Sequence[int]) -> str | None:
+        """Why removing ``kind`` ("out"/"in") channels ``idxs`` would be refused, or None if it would not.
+
+        Called by ``DependencyGraph.check_pruning_group`` before anything
+        changes, for constraints only the layer knows (equal group widths,
+        whole attention heads).
+        """
+        return None
 
     # --- what the equivalence checker asks -------------------------------------
     def mask_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> None:

@@ -68,6 +68,17 @@ class OpHandlerEntry:
     builtin: bool
 
 
+@attrs.frozen
+class ModuleHookEntry:
+    """A module hint or fix-up as a plugin registered it."""
+
+    module_types: tuple[type, ...] = attrs.field(converter=tuple)
+    function: Callable[..., None]
+    name: str
+    plugin: str
+    builtin: bool
+
+
 def _env_names(var: str) -> set[str] | None:
     raw = os.environ.get(var, "").strip()
     return {n.strip() for n in raw.split(",") if n.strip()} if raw else None
@@ -85,8 +96,11 @@ def _op_label(op: Any) -> str:
 class Registry:
     """Everything the loaded plugins registered, with precedence-aware lookups."""
 
-    def __init__(self, plugins: list[PluginInfo], layer_pruners: list[LayerPrunerEntry], op_handlers: list[OpHandlerEntry]):
+    def __init__(self, plugins: list[PluginInfo], layer_pruners: list[LayerPrunerEntry], op_handlers: list[OpHandlerEntry],
+                 hints: list[ModuleHookEntry] = (), fixups: list[ModuleHookEntry] = ()):
         self.plugins = plugins
+        self.hints = list(hints)
+        self.fixups = list(fixups)
         # third-party plugins first, so they override built-ins of the same type
         self.layer_pruners = sorted(layer_pruners, key=lambda e: e.builtin)
         self.op_handlers = sorted(op_handlers, key=lambda e: e.builtin)
@@ -158,6 +172,10 @@ class Registry:
                 {_op_label(op) for e in self.op_handlers if e.plugin == info.name for op in e.ops}
                 | {f"<{e.name}>" for e in self.op_handlers if e.plugin == info.name and e.predicate is not None}
             )
+            hooked = sorted(
+                f"{t.__module__}.{t.__qualname__}" for e in [*self.hints, *self.fixups] if e.plugin == info.name for t in e.module_types
+            )
+            layers = sorted(set(layers) | set(hooked))
             functional = sorted(
                 f"prune_{e.name}_{kind}_channels" for e in self.layer_pruners if e.plugin == info.name and e.name for kind in ("out", "in")
             )
@@ -224,6 +242,8 @@ def build_registry(extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
 
     layer_entries: list[LayerPrunerEntry] = []
     op_entries: list[OpHandlerEntry] = []
+    hint_entries: list[ModuleHookEntry] = []
+    fixup_entries: list[ModuleHookEntry] = []
     for name, dist_name, version, module in found:
         builtin = dist_name == BUILTIN_DISTRIBUTION
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(module) or ()))
@@ -242,13 +262,24 @@ def build_registry(extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
             else:
                 op_entries.append(OpHandlerEntry(tuple(ops), None, handler, name, _p, _b))
 
+        def module_hook(target: list[ModuleHookEntry], _p=name, _b=builtin) -> Callable[..., None]:
+            def register(module_types: Iterable[type], function: Callable[..., None], *, name: str) -> None:
+                target.append(ModuleHookEntry(tuple(module_types), function, name, _p, _b))
+            return register
+
+        for impl in pm.hook.pruneframe_module_hints.get_hookimpls():
+            if impl.plugin is module:
+                impl.function(register=module_hook(hint_entries))
+        for impl in pm.hook.pruneframe_fixups.get_hookimpls():
+            if impl.plugin is module:
+                impl.function(register=module_hook(fixup_entries))
         for impl in pm.hook.pruneframe_layer_pruners.get_hookimpls():
             if impl.plugin is module:
                 impl.function(register=register_layer)
         for impl in pm.hook.pruneframe_op_handlers.get_hookimpls():
             if impl.plugin is module:
                 impl.function(register=register_op)
-    return Registry(infos, layer_entries, op_entries)
+    return Registry(infos, layer_entries, op_entries, hint_entries, fixup_entries)
 
 
 _lock = threading.Lock()

@@ -296,15 +296,15 @@ class _Recorder(TorchDispatchMode):
         node.calls += 1
         first = node.calls == 1
 
-        def size_of(tensors: list[torch.Tensor], dims: list[Any]) -> int:
+        def size_of(tensors: list[torch.Tensor], dims: list[Any], only_inputs: bool) -> int:
             for t, d in zip(tensors, dims):
-                if d is not None:
+                if d is not None and t.dim() and (not only_inputs or d.space == "in"):
                     return t.shape[d.dim] // d.repeat
             return 0
 
-        if first:
-            self.allocate(node, "out", size_of(outputs, out_dims))
-            self.allocate(node, "in", size_of(inputs, in_dims))
+        if first:  # an output's ChannelDim always means the output channels, whatever its space says
+            self.allocate(node, "out", size_of(outputs, out_dims, False))
+            self.allocate(node, "in", size_of(inputs, in_dims, True))
         out_space, in_space = node.out_space, node.in_space
         assert out_space is not None and in_space is not None
 
@@ -312,7 +312,7 @@ class _Recorder(TorchDispatchMode):
         for t, d in zip(outputs, out_dims):
             if d is None:
                 self.assign(t, None)
-            elif t.shape[d.dim] != out_space.size * d.repeat:
+            elif t.dim() == 0 or t.shape[d.dim] != out_space.size * d.repeat:
                 mismatch = f"output of shape {tuple(t.shape)} does not hold {out_space.size} channels along dim {d.dim}"
                 self.assign(t, L.constant(t.shape, L.BLOCKED))
             else:
@@ -320,14 +320,16 @@ class _Recorder(TorchDispatchMode):
         for t, d in zip(inputs, in_dims):
             ids = self.lookup(t)
             if d is None:
-                self.block(ids, f"it enters {node.name} ({node.type}) where its pruner expects no channels") if ids is not None else None
+                if ids is not None:
+                    self.block(ids, f"it enters {node.name} ({node.type}) where its pruner expects no channels")
                 continue
-            if t.shape[d.dim] != in_space.size * d.repeat:
-                mismatch = f"input of shape {tuple(t.shape)} does not hold {in_space.size} channels along dim {d.dim}"
+            target = out_space if d.space == "out" else in_space
+            if t.dim() == 0 or t.shape[d.dim] != target.size * d.repeat:
+                mismatch = f"input of shape {tuple(t.shape)} does not hold {target.size} channels along dim {d.dim}"
                 if ids is not None:
                     self.block(ids, f"it enters {node.name} along an unexpected dimension")
                 continue
-            mine = L.placed(t.shape, d.dim, in_space.ids().repeat(d.repeat))
+            mine = L.placed(t.shape, d.dim, target.ids().repeat(d.repeat))
             if ids is None:  # a constant input cannot shrink: its channels go all together or not at all
                 self.couple(mine, mine.narrow(d.dim % t.dim(), 0, 1))
             else:
