@@ -199,6 +199,8 @@ class DependencyGraph:
         """Everything that must be pruned with channels ``idxs`` of ``module``, as a ``Group``."""
         node = self._node(module)
         kind = "out" if node.kind == "parameter" else channel_kind(pruning_fn)
+        if kind == "in" and node.in_out_coupled and node.in_space is not None and node.in_space.size == 0:
+            kind = "out"  # a coupled layer whose inputs carry no channels (Embedding): "in" means its one space
         space = node.space(kind)
         assert space is not None
         index = validate_idxs(module, idxs, space.current_size, f"{node.name} {kind}put channel")

@@ -202,84 +202,126 @@ def _distribution(ep: EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"] or "<unknown>", dist.version or "<unknown>"
 
 
+def _strict() -> bool:
+    return os.environ.get(ENV_STRICT, "") not in ("", "0", "false", "False")
+
+
+def _report(name: str, dist_name: str, what: str, exc: BaseException) -> None:
+    """A plugin failed: an error under PRUNEFRAME_STRICT_PLUGINS, else a warning naming it; the others keep working."""
+    message = f'Error {what} plugin "{name}" from distribution "{dist_name}": {type(exc).__name__}: {exc}'
+    if _strict():
+        raise PluginLoadError(message) from exc
+    warnings.warn(
+        f"{message}. It is skipped; the other plugins keep working. "
+        f"Set {ENV_BLOCK}={name} to silence this, or {ENV_STRICT}=1 to make it an error.",
+        PluginLoadWarning,
+        stacklevel=4,
+    )
+
+
 def _load_entry_points() -> list[tuple[str, str, str, Any]]:
     allow, block = _env_names(ENV_ALLOW), _env_names(ENV_BLOCK)
-    strict = os.environ.get(ENV_STRICT, "") not in ("", "0", "false", "False")
-    loaded, seen = [], set()
+    loaded: list[tuple[str, str, str, Any]] = []
+    seen: dict[str, str] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist_name, version = _distribution(ep)
-        if ep.name in seen:  # the same distribution seen twice on sys.path
-            continue
         if (allow is not None and ep.name not in allow) or (block is not None and ep.name in block):
             continue
-        try:
-            module = ep.load()
-        except Exception as exc:  # any import-time failure of a plugin is reported, by name
-            message = f'Error importing plugin "{ep.name}" from distribution "{dist_name}" ({ep.value}): {type(exc).__name__}: {exc}'
-            if strict:
-                raise PluginLoadError(message) from exc
+        if seen.get(ep.name) == dist_name:  # the same distribution found twice on sys.path
+            continue
+        name = ep.name
+        if ep.name in seen:  # two distributions chose one name: keep both, under distinct names
+            name = f"{dist_name}:{ep.name}"
             warnings.warn(
-                f"{message}. It is skipped; the other plugins keep working. "
-                f"Set {ENV_BLOCK}={ep.name} to silence this, or {ENV_STRICT}=1 to make it an error.",
+                f'plugin name "{ep.name}" is used by distributions "{seen[ep.name]}" and "{dist_name}"; '
+                f'the second is loaded as "{name}"',
                 PluginLoadWarning,
                 stacklevel=3,
             )
+        try:
+            module = ep.load()
+        except Exception as exc:  # any import-time failure of a plugin is reported, by name
+            _report(ep.name, dist_name, f"importing ({ep.value})", exc)
             continue
-        seen.add(ep.name)
-        loaded.append((ep.name, dist_name, version, module))
+        seen.setdefault(ep.name, dist_name)
+        loaded.append((name, dist_name, version, module))
     return loaded
 
 
+def _collect(pm: pluggy.PluginManager, name: str, module: Any, builtin: bool) -> tuple[list, list, list, list]:
+    """Call one plugin's hooks and return what it registered: layer pruners, op handlers, hints, fix-ups."""
+    layers: list[LayerPrunerEntry] = []
+    ops_: list[OpHandlerEntry] = []
+    hints: list[ModuleHookEntry] = []
+    fixups: list[ModuleHookEntry] = []
+
+    def register_layer(pruner: Any, module_types: Iterable[type] = (), *, name: str | None = None) -> None:
+        types = tuple(module_types)
+        for t in types:
+            if not isinstance(t, type):
+                raise TypeError(f"{t!r} is not a class; register module types such as nn.Conv2d")
+        layers.append(LayerPrunerEntry(pruner, types, name, plugin_name, builtin))
+
+    def register_op(ops: Any, handler: Callable[..., None], *, name: str) -> None:
+        if callable(ops) and not hasattr(ops, "overloads") and not hasattr(ops, "_schema"):
+            ops_.append(OpHandlerEntry((), ops, handler, name, plugin_name, builtin))
+        else:
+            ops_.append(OpHandlerEntry(tuple(ops), None, handler, name, plugin_name, builtin))
+
+    def module_hook(target: list[ModuleHookEntry]) -> Callable[..., None]:
+        def register(module_types: Iterable[type], function: Callable[..., None], *, name: str) -> None:
+            target.append(ModuleHookEntry(tuple(module_types), function, name, plugin_name, builtin))
+        return register
+
+    plugin_name = name
+    calls = [
+        (pm.hook.pruneframe_module_hints, module_hook(hints)),
+        (pm.hook.pruneframe_fixups, module_hook(fixups)),
+        (pm.hook.pruneframe_layer_pruners, register_layer),
+        (pm.hook.pruneframe_op_handlers, register_op),
+    ]
+    for caller, register in calls:
+        for impl in caller.get_hookimpls():
+            if impl.plugin is module:
+                impl.function(register=register)
+    return layers, ops_, hints, fixups
+
+
 def build_registry(extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
-    """Load every entry-point plugin (and ``extra_plugins``) and collect what they register."""
+    """Load every entry-point plugin (and ``extra_plugins``) and collect what they register.
+
+    A plugin that fails to import, to register with pluggy, or inside one of
+    its hooks is reported by name (see ``PRUNEFRAME_STRICT_PLUGINS``) and left
+    out; a misspelt hook name is always an error.
+    """
     pm = pluggy.PluginManager("pruneframe")
     pm.add_hookspecs(hookspecs)
-    infos: list[PluginInfo] = []
-    found = _load_entry_points() + [(name, "<in-process>", "", obj) for name, obj in extra_plugins]
-    for name, dist_name, version, module in found:
-        pm.register(module, name=name)
+    found = []
+    for name, dist_name, version, module in _load_entry_points() + [(n, "<in-process>", "", o) for n, o in extra_plugins]:
+        if pm.is_registered(module):
+            continue  # already there (an in-process plugin that is installed too)
+        try:
+            pm.register(module, name=name)
+        except pluggy.PluginValidationError as exc:
+            _report(name, dist_name, "registering", exc)
+            continue
+        found.append((name, dist_name, version, module))
     pm.check_pending()  # a misspelt hook name is an error, not a silent no-op
 
-    layer_entries: list[LayerPrunerEntry] = []
-    op_entries: list[OpHandlerEntry] = []
-    hint_entries: list[ModuleHookEntry] = []
-    fixup_entries: list[ModuleHookEntry] = []
+    infos: list[PluginInfo] = []
+    entries: tuple[list, list, list, list] = ([], [], [], [])
     for name, dist_name, version, module in found:
         builtin = dist_name == BUILTIN_DISTRIBUTION
+        try:
+            collected = _collect(pm, name, module, builtin)
+        except Exception as exc:  # a plugin's hook raised: report it by name, keep the others
+            _report(name, dist_name, "running the hooks of", exc)
+            continue
+        for all_, mine in zip(entries, collected):
+            all_.extend(mine)
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(module) or ()))
         infos.append(PluginInfo(name, dist_name, version, getattr(module, "__name__", repr(module)), hooks, builtin))
-
-        def register_layer(pruner: Any, module_types: Iterable[type] = (), *, name: str | None = None, _p=name, _b=builtin) -> None:
-            types = tuple(module_types)
-            for t in types:
-                if not isinstance(t, type):
-                    raise TypeError(f"plugin {_p!r} registered {t!r} as a module type; pass classes such as nn.Conv2d")
-            layer_entries.append(LayerPrunerEntry(pruner, types, name, _p, _b))
-
-        def register_op(ops: Any, handler: Callable[..., None], *, name: str, _p=name, _b=builtin) -> None:
-            if callable(ops) and not hasattr(ops, "overloads") and not hasattr(ops, "_schema"):
-                op_entries.append(OpHandlerEntry((), ops, handler, name, _p, _b))
-            else:
-                op_entries.append(OpHandlerEntry(tuple(ops), None, handler, name, _p, _b))
-
-        def module_hook(target: list[ModuleHookEntry], _p=name, _b=builtin) -> Callable[..., None]:
-            def register(module_types: Iterable[type], function: Callable[..., None], *, name: str) -> None:
-                target.append(ModuleHookEntry(tuple(module_types), function, name, _p, _b))
-            return register
-
-        for impl in pm.hook.pruneframe_module_hints.get_hookimpls():
-            if impl.plugin is module:
-                impl.function(register=module_hook(hint_entries))
-        for impl in pm.hook.pruneframe_fixups.get_hookimpls():
-            if impl.plugin is module:
-                impl.function(register=module_hook(fixup_entries))
-        for impl in pm.hook.pruneframe_layer_pruners.get_hookimpls():
-            if impl.plugin is module:
-                impl.function(register=register_layer)
-        for impl in pm.hook.pruneframe_op_handlers.get_hookimpls():
-            if impl.plugin is module:
-                impl.function(register=register_op)
-    return Registry(infos, layer_entries, op_entries, hint_entries, fixup_entries)
+    return Registry(infos, *entries)
 
 
 _lock = threading.Lock()
