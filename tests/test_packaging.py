@@ -1,0 +1,59 @@
+"""The wheel installs the core and the built-in plugins as pruneframe.plugins, never a top-level `plugins`."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (found,) = out.glob("pruneframe-*.whl")
+    return found
+
+
+def test_wheel_maps_plugins_under_pruneframe(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"pruneframe", next(t for t in tops if t.endswith(".dist-info"))}, tops
+    plugin_files = sorted(p.name for p in (ROOT / "plugins").glob("*.py"))
+    for name in plugin_files:
+        assert f"pruneframe/plugins/{name}" in names
+    assert "pruneframe/py.typed" in names
+
+
+def test_wheel_declares_every_builtin_plugin_as_an_entry_point(wheel: Path) -> None:
+    archive = zipfile.ZipFile(wheel)
+    (entry_points,) = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
+    text = archive.read(entry_points).decode()
+    for path in (ROOT / "plugins").glob("*.py"):
+        if path.stem != "__init__":
+            assert f"{path.stem} = pruneframe.plugins.{path.stem}" in text
+    assert "pruneframe = pruneframe.cli:main" in text
+
+
+def test_installed_wheel_finds_its_plugins(wheel: Path, tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    assert not (target / "plugins").exists()
+    code = ("import json, pruneframe, pruneframe.plugins.conv as c; "
+            "print(json.dumps([pruneframe.__file__, c.__file__, sorted(p.name for p in pruneframe.get_registry().plugins if p.builtin)]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    core, conv, names = json.loads(out.stdout)
+    assert core.startswith(str(target)) and conv.startswith(str(target))  # the installed copy, not this checkout
+    assert {"conv", "linear", "ops_shape", "rnn"} <= set(names)
