@@ -115,29 +115,38 @@ class DependencyGraph:
         kept = [(layer, "out", f"{self.module2node[layer].name if layer in self.module2node else layer} is an ignored layer")
                 for layer in self.ignored_layers]
         hints = ModuleHints()
-        self._fixups: list[tuple[nn.Module, Callable[[Any], None]]] = []
+        self._fixups: list[tuple[nn.Module, Any]] = []
         for module in model.modules():
             for entry in self.registry.hints:
                 if isinstance(module, entry.module_types):
                     entry.function(module, hints)
             for entry in self.registry.fixups:
                 if isinstance(module, entry.module_types):
-                    self._fixups.append((module, entry.function))
+                    self._fixups.append((module, entry))
         kept += hints.kept
+        n_ids = self._trace.n_ids
+        reasons = dict(self._trace.reasons)
         edges = [self._trace.edges]
         for layer, kind, reason in kept:
             node = self.module2node.get(layer)
             space = node.space(kind) if node is not None else None
             if space is not None and space.size:
+                reason_id, n_ids = n_ids, n_ids + 1
+                reasons[reason_id] = reason
                 ids = space.ids()
-                edges.append(torch.stack([ids, torch.zeros_like(ids)]))
-                self._trace.block_reasons.append((ids, reason))
+                edges.append(torch.stack([ids, torch.full_like(ids, reason_id)]))
+                edges.append(torch.tensor([[reason_id], [0]]))
         edges = torch.cat(edges, 1)
-        # Membership follows couplings only; whether a channel is blocked follows the block edges too.
-        # (All blocked channels meet at id 0: with those edges they would form one meaningless group.)
-        coupling = edges[:, (edges != 0).all(0)]
-        self._roots = connected_components(self._trace.n_ids, coupling)
-        self._blocked = connected_components(self._trace.n_ids, edges) == 0
+        # Membership follows couplings only; whether a channel is blocked follows the ties to reasons too.
+        # (Blocked channels all meet at id 0: through those ties they would form one meaningless group.)
+        is_reason = torch.zeros(n_ids, dtype=torch.bool)
+        is_reason[0] = True
+        is_reason[list(reasons)] = True
+        blocking = is_reason[edges[0]] | is_reason[edges[1]]
+        self._reasons = reasons
+        self._reason_edges = edges[:, blocking]
+        self._roots = connected_components(n_ids, edges[:, ~blocking])
+        self._blocked = connected_components(n_ids, edges) == 0
         self._components = ComponentIndex(self._roots)
         return self
 
@@ -217,11 +226,10 @@ class DependencyGraph:
         blocked_ids = members[self._blocked[members]]
         reasons: list[str] = []
         if blocked_ids.numel():
-            for ids, reason in trace_.block_reasons:
-                hit = ids[torch.isin(ids, blocked_ids)]
-                if hit.numel() and reason not in reasons:
-                    reasons.append(reason)
-            reasons = reasons or ["they are coupled with a blocked channel"]
+            u, v = self._reason_edges
+            hit = torch.cat([v[torch.isin(u, blocked_ids)], u[torch.isin(v, blocked_ids)]])
+            reasons = sorted({self._reasons[int(r)] for r in torch.unique(hit) if int(r) in self._reasons})
+            reasons = reasons or ["they are coupled with channels that cannot shrink"]
         if extra_blocked_roots is not None and bool(torch.isin(member_roots, extra_blocked_roots).any()):
             reasons.append("they are coupled with an ignored layer's output channels")
         space_ix = self._space_of_ids(members)

@@ -169,26 +169,26 @@ class Group:
         self._graph._check_unchanged([item.dep.target for item in self._items])
         fixups = self._graph._fixups
         snapshot = _Snapshot([item.dep.target for item in self._items], [module for module, _ in fixups])
-        for item in self._items:
-            node = item.dep.target
+        steps = [(f"pruning {item.dep.target.name} ({item.dep.target.type}) with {function_name(item.dep.handler)} "
+                  f"of plugin {item.dep.target.plugin!r}", functools.partial(item.dep, item.idxs)) for item in self._items]
+        steps += [(f"the fix-up {entry.name!r} of plugin {entry.plugin!r} on {type(module).__name__}",
+                   functools.partial(entry.function, module)) for module, entry in fixups]
+        for what, step in steps:
             try:
-                item.dep(item.idxs)
+                step()
             except Exception as exc:
                 snapshot.restore()
                 raise PruningError(
-                    f"pruning {node.name} ({node.type}) with {function_name(item.dep.handler)} of plugin {node.plugin!r} "
-                    f"failed: {type(exc).__name__}: {exc}. Every touched module was restored; the model is as it was."
+                    f"{what} failed: {type(exc).__name__}: {exc}. Every touched module was restored; the model is as it was."
                 ) from exc
-        for module, fixup in fixups:
-            try:
-                fixup(module)
-            except Exception as exc:
+            written = snapshot.written_in_place()
+            if written:
                 snapshot.restore()
                 raise PruningError(
-                    f"the fix-up {getattr(fixup, '__qualname__', fixup)!r} failed on {type(module).__name__} after a prune: "
-                    f"{type(exc).__name__}: {exc}. Every touched module was restored; the model is as it was."
-                ) from exc
-        snapshot.check_untouched_originals()
+                    f"{what} wrote in place into {', '.join(written)}: pruners must replace tensors (see "
+                    "pruneframe.layer_pruner.select_), never modify them, or no failed prune can be undone. Shapes and "
+                    "attributes were restored, but the values it overwrote cannot be; fix the pruner."
+                )
         records = []
         for space, traced in self._members:
             records.append(PruneRecord(space.node.name, space.kind, tuple(space.current_positions(traced).tolist()), tuple(traced.tolist())))
@@ -255,13 +255,7 @@ class _Snapshot:
         for t, data, _, grad in self.tensors:
             t.data = data
             t.grad = grad
-        self.check_untouched_originals()
 
-    def check_untouched_originals(self) -> None:
-        """Pruners must replace tensors, never write into the originals, or no restore is exact."""
-        for t, data, version, _ in self.tensors:
-            if data._version != version:
-                raise PruningError(
-                    f"a pruner wrote in place into a tensor of shape {tuple(data.shape)}; pruners must replace tensors "
-                    "(see pruneframe.layer_pruner.select_) so a failed prune can be undone"
-                )
+    def written_in_place(self) -> list[str]:
+        """The original tensors someone wrote into (their version counter moved)."""
+        return [f"a tensor of shape {tuple(data.shape)}" for t, data, version, _ in self.tensors if data._version != version]

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 
 import attrs
 import pluggy
+import torch
 
 from . import hookspecs
 from .errors import PluginLoadError, PluginLoadWarning
@@ -108,12 +109,16 @@ class Registry:
         for entry in reversed(self.layer_pruners):
             for t in entry.module_types:
                 self._by_type[t] = entry
-        self._by_op: dict[Any, OpHandlerEntry] = {}
-        self._predicates: list[OpHandlerEntry] = []
-        for entry in reversed(self.op_handlers):
-            for op in entry.ops:
-                self._by_op[_op_key(op)] = entry
-        self._predicates = [e for e in self.op_handlers if e.predicate is not None]
+        # One lookup table per tier, third-party first: a third-party registration of a whole op
+        # (every overload) or a predicate still beats a built-in registration of one overload.
+        self._tiers: list[tuple[dict[Any, OpHandlerEntry], list[OpHandlerEntry]]] = []
+        for builtin in (False, True):
+            by_op: dict[Any, OpHandlerEntry] = {}
+            tier = [e for e in self.op_handlers if e.builtin == builtin]
+            for entry in reversed(tier):
+                for op in entry.ops:
+                    by_op[_op_key(op)] = entry
+            self._tiers.append((by_op, [e for e in tier if e.predicate is not None]))
         self._functional: dict[str, Callable[..., Any]] = {}
         for entry in reversed(self.layer_pruners):
             if entry.name:
@@ -138,22 +143,21 @@ class Registry:
         return None
 
     def op_handler(self, op: Any) -> OpHandlerEntry | None:
-        """The handler for an ATen op overload: exact overload, then its packet, then predicates."""
+        """The handler for an ATen op overload: third-party before built-in; in each, overload, packet, predicates."""
         try:
             return self._op_cache[op]
         except KeyError:
             pass
-        entry = self._by_op.get(op)
-        if entry is None:
-            packet = getattr(op, "overloadpacket", None)
-            entry = self._by_op.get(packet) if packet is not None else None
-        if entry is None:
-            for candidate in self._predicates:
-                if candidate.predicate(op):
-                    entry = candidate
-                    break
-        self._op_cache[op] = entry
-        return entry
+        found = None
+        packet = getattr(op, "overloadpacket", None)
+        for by_op, predicates in self._tiers:
+            found = by_op.get(op) or (by_op.get(packet) if packet is not None else None)
+            if found is None:
+                found = next((c for c in predicates if c.predicate(op)), None)
+            if found is not None:
+                break
+        self._op_cache[op] = found
+        return found
 
     def functional_names(self) -> list[str]:
         return sorted(self._functional)
@@ -263,10 +267,16 @@ def _collect(pm: pluggy.PluginManager, name: str, module: Any, builtin: bool) ->
         layers.append(LayerPrunerEntry(pruner, types, name, plugin_name, builtin))
 
     def register_op(ops: Any, handler: Callable[..., None], *, name: str) -> None:
-        if callable(ops) and not hasattr(ops, "overloads") and not hasattr(ops, "_schema"):
+        if isinstance(ops, (torch._ops.OpOverloadPacket, torch._ops.OpOverload)):
+            ops = [ops]  # one op given bare, not in a list
+        elif callable(ops):
             ops_.append(OpHandlerEntry((), ops, handler, name, plugin_name, builtin))
-        else:
-            ops_.append(OpHandlerEntry(tuple(ops), None, handler, name, plugin_name, builtin))
+            return
+        ops = list(ops)
+        for op in ops:
+            if not isinstance(op, (torch._ops.OpOverloadPacket, torch._ops.OpOverload)):
+                raise TypeError(f"{op!r} is not an ATen op; register ops such as torch.ops.aten.cat or torch.ops.aten.cat.default")
+        ops_.append(OpHandlerEntry(tuple(ops), None, handler, name, plugin_name, builtin))
 
     def module_hook(target: list[ModuleHookEntry]) -> Callable[..., None]:
         def register(module_types: Iterable[type], function: Callable[..., None], *, name: str) -> None:

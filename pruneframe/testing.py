@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .graph import DependencyGraph
+from .plugin_manager import Registry
 from .tracer import default_forward, tensors_in
 
 ROOT_NAME = "(model)"
@@ -140,18 +141,21 @@ def check_prune_equivalence(
     seed: int = 0,
     forward_fn: Callable[[nn.Module, Any], Any] | None = None,
     randomize: bool = True,
+    registry: Registry | None = None,
     **build_kwargs: Any,
 ) -> tuple[float, nn.Module, DependencyGraph]:
     """Prune a float64 copy of ``model`` with ``prune(graph, copy)`` and compare it with the masked original.
 
     Returns (relative error, pruned copy, its graph). ``model`` itself is not changed.
+    ``registry`` (from ``pruneframe.plugin_manager.build_registry``) checks
+    plugins that are not installed; by default the installed ones are used.
     """
     original = copy.deepcopy(model).to(torch.float64).eval()
     if randomize:
         randomize_(original, seed)
     inputs = _cast_inputs(example_inputs, torch.float64)
     pruned = copy.deepcopy(original)
-    graph = DependencyGraph().build_dependency(pruned, inputs, forward_fn=forward_fn, **build_kwargs)
+    graph = DependencyGraph(registry=registry).build_dependency(pruned, inputs, forward_fn=forward_fn, **build_kwargs)
     prune(graph, pruned)
     reference = masked_reference(original, graph)
     error = relative_error(_outputs(pruned, inputs, forward_fn), _outputs(reference, inputs, forward_fn))

@@ -75,8 +75,9 @@ class OpContext:
         if ids is not None:
             self._r.block(ids, reason)
 
-    def blocked_label(self, t: torch.Tensor) -> torch.Tensor:
-        return L.constant(t.shape, L.BLOCKED)
+    def blocked_label(self, t: torch.Tensor, reason: str = "it comes out of an op whose channels cannot be followed") -> torch.Tensor:
+        """A label for an output whose channels cannot be followed: whatever consumes it keeps its channels."""
+        return L.constant(t.shape, self._r.reason_id(reason))
 
     def replay(self, op: Any, args: Sequence[Any], kwargs: dict[str, Any], data: Iterable[int] = (0,)) -> Any:
         """Run ``op`` again with the labels of the data arguments in place of the tensors.
@@ -105,7 +106,7 @@ class OpContext:
         for t in tensors_in((args, kwargs)):
             self.block(self.ids(t), reason)
         for t in tensors_in(out):
-            self.set(t, self.blocked_label(t))
+            self.set(t, self.blocked_label(t, f"it comes out of {op}, which no op plugin handles"))
 
 
 @attrs.define
@@ -115,8 +116,8 @@ class TraceResult:
     nodes: list[Node]
     spaces: list[Space]
     n_ids: int
-    edges: torch.Tensor  # 2 x E: coupled channel ids
-    block_reasons: list[tuple[torch.Tensor, str]]
+    edges: torch.Tensor  # 2 x E: coupled channel ids, and channel ids tied to reason ids (blocked)
+    reasons: dict[int, str]  # reason id -> why the channels tied to it are never pruned
     unsupported_ops: dict[str, int]
 
 
@@ -142,7 +143,8 @@ class _Recorder(TorchDispatchMode):
         self.store: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.storage_users: dict[int, list[torch.Tensor]] = {}
         self.edges: list[torch.Tensor] = []
-        self.block_reasons: list[tuple[torch.Tensor, str]] = []
+        self.reasons: dict[int, str] = {}
+        self._reason_ids: dict[str, int] = {}
         self.unsupported_ops: dict[str, int] = {}
         self.depth = 0
         self.ctx = OpContext(self)
@@ -208,11 +210,20 @@ class _Recorder(TorchDispatchMode):
         if bool(keep.any()):
             self.edges.append(torch.stack([a[keep], b[keep]]))
 
+    def reason_id(self, reason: str) -> int:
+        """An id standing for one reason to keep channels; it is blocked, and so is everything tied to it."""
+        found = self._reason_ids.get(reason)
+        if found is None:
+            found = self._reason_ids[reason] = self.next_id
+            self.next_id += 1
+            self.reasons[found] = reason
+            self.edges.append(torch.tensor([[found], [L.BLOCKED]]))
+        return found
+
     def block(self, ids: torch.Tensor, reason: str) -> None:
         ids = torch.unique(ids[ids > 0])
         if ids.numel():
-            self.edges.append(torch.stack([ids, torch.zeros_like(ids)]))
-            self.block_reasons.append((ids, reason))
+            self.edges.append(torch.stack([ids, torch.full_like(ids, self.reason_id(reason))]))
 
     def note_unsupported(self, op: Any) -> None:
         name = str(op)
@@ -250,7 +261,7 @@ class _Recorder(TorchDispatchMode):
         for t in outputs:
             if id(t) not in self.assigned:  # a handler that forgot an output must not let channels through unseen
                 self.block(self.ctx.full(t) if self.lookup(t) is not None else L.constant(t.shape, L.NONE), f"{op} left it unlabelled")
-                self.assign(t, L.constant(t.shape, L.BLOCKED))
+                self.assign(t, L.constant(t.shape, self.reason_id(f"the handler of {op} left it unlabelled")))
         for i in _is_mutating(op):
             if i < len(args) and isinstance(args[i], torch.Tensor):
                 self._check_aliases(args[i], op)
@@ -271,7 +282,7 @@ class _Recorder(TorchDispatchMode):
             ids = self.lookup(u)
             if ids is not None:
                 self.block(ids, reason)
-                self.store[id(u)] = (u, L.constant(u.shape, L.BLOCKED))
+                self.store[id(u)] = (u, L.constant(u.shape, self.reason_id(reason)))
 
     # --- leaf layers ------------------------------------------------------------
     def leaf_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -314,7 +325,7 @@ class _Recorder(TorchDispatchMode):
                 self.assign(t, None)
             elif t.dim() == 0 or t.shape[d.dim] != out_space.size * d.repeat:
                 mismatch = f"output of shape {tuple(t.shape)} does not hold {out_space.size} channels along dim {d.dim}"
-                self.assign(t, L.constant(t.shape, L.BLOCKED))
+                self.assign(t, L.constant(t.shape, self.reason_id(f"{node.name} produced it in a shape its pruner does not describe")))
             else:
                 self.assign(t, L.placed(t.shape, d.dim, out_space.ids().repeat(d.repeat)))
         for t, d in zip(inputs, in_dims):
@@ -404,8 +415,9 @@ def trace(
     forward = forward_fn or default_forward
     try:
         with torch.no_grad(), recorder:
+            model_input = recorder.reason_id("it comes from a model input")
             for t in tensors_in(example_inputs):
-                recorder.assign(t, L.constant(t.shape, L.BLOCKED))
+                recorder.assign(t, L.constant(t.shape, model_input))
             output = forward(model, example_inputs)
             finals = tensors_in(output)
             if output_transform is not None:
@@ -436,4 +448,4 @@ def trace(
             stacklevel=3,
         )
     edges = torch.cat(recorder.edges, dim=1) if recorder.edges else torch.empty(2, 0, dtype=torch.long)
-    return TraceResult(recorder.nodes, recorder.spaces, recorder.next_id, edges, recorder.block_reasons, recorder.unsupported_ops)
+    return TraceResult(recorder.nodes, recorder.spaces, recorder.next_id, edges, recorder.reasons, recorder.unsupported_ops)

@@ -612,3 +612,33 @@ def test_two_distributions_with_one_plugin_name_are_both_loaded(fake_dist: FakeD
     assert names["linear"]["distribution"] in ("pruneframe", "shadow-linear")
     assert any(n.endswith(":linear") for n in names)
     assert registry.layer_pruner(nn.Linear) is not None
+
+
+def test_third_party_op_registration_beats_builtin_overloads() -> None:
+    """Registering a whole op (every overload), or one op given bare, overrides the built-in handler of its overloads."""
+    aten = torch.ops.aten
+
+    def mine(ctx, op, args, kwargs, out):
+        ctx.unsupported(op, args, kwargs, out)
+
+    class WholeOp:
+        @pruneframe.hookimpl
+        def pruneframe_op_handlers(register):  # noqa: N805 - a namespace of hook functions, not a method
+            register(aten.max, mine, name="max-everything")
+            register(aten.sort.default, mine, name="bare-overload")
+
+    registry = build_registry(extra_plugins=[("whole-op", WholeOp)])
+    assert registry.op_handler(aten.max.dim).plugin == "whole-op"  # built-in registers aten.max.dim exactly
+    assert registry.op_handler(aten.sort.default).name == "bare-overload"
+    assert pruneframe.get_registry().op_handler(aten.max.dim).plugin == "ops_reduction"
+
+
+def test_registering_something_that_is_not_an_op_names_the_plugin() -> None:
+    class Wrong:
+        @pruneframe.hookimpl
+        def pruneframe_op_handlers(register):  # noqa: N805
+            register(["aten.cat"], lambda *a: None, name="strings")
+
+    with pytest.warns(PluginLoadWarning, match='"wrong-op".*not an ATen op'):
+        registry = build_registry(extra_plugins=[("wrong-op", Wrong)])
+    assert "wrong-op" not in _by_name(registry)

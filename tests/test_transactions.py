@@ -173,3 +173,46 @@ def test_tracing_leaves_the_model_as_it_was() -> None:
     assert torch.equal(model.bn1.running_mean, running) and model.bn1.num_batches_tracked.item() == 0
     assert torch.equal(torch.get_rng_state(), rng)
     assert model.training
+
+
+class WritesInPlace(tp.pruner.BasePruningFunc):
+    """A buggy pruner: it scales the weight in place before pruning like the built-in one."""
+
+    def __init__(self):
+        self.inner = tp.get_registry().layer_pruner(nn.Linear)
+
+    def prune_out_channels(self, layer, idxs):
+        with torch.no_grad():
+            layer.weight.mul_(2)
+        return self.inner.prune_out_channels(layer, idxs)
+
+    def prune_in_channels(self, layer, idxs):
+        return self.inner.prune_in_channels(layer, idxs)
+
+    def output_channel_dims(self, layer, outputs):
+        return self.inner.output_channel_dims(layer, outputs)
+
+    def input_channel_dims(self, layer, inputs):
+        return self.inner.input_channel_dims(layer, inputs)
+
+    def in_out_coupled(self, layer):
+        return False
+
+
+def test_a_pruner_writing_in_place_is_caught_and_named() -> None:
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    DG = tp.DependencyGraph()
+    DG.register_customized_layer(nn.Linear, WritesInPlace())
+    DG.build_dependency(model, torch.randn(1, 4))
+    with pytest.raises(PruningError, match="wrote in place"):
+        DG.get_pruning_group(model[0], tp.prune_linear_out_channels, [0]).prune()
+    assert model[0].weight.shape == (6, 4) and model[2].weight.shape == (2, 6)  # structure restored
+    assert model(torch.randn(3, 4)).shape == (3, 2)
+
+
+def test_blocked_groups_say_why() -> None:
+    model = Net()
+    DG = build(model)
+    group = DG.get_pruning_group(model.conv1, tp.prune_conv_in_channels, [0])
+    assert group.blocked_reasons == ["it comes from a model input"]
+    assert [dep.target.name for dep, _ in group] == ["conv1"]  # blocked channels do not drag in every other one
