@@ -3,8 +3,9 @@
 - ``VisionTransformer`` reshapes its patch embedding with a stored
   ``hidden_dim``: after a prune it is set from ``conv_proj``.
 - MaxViT's ``RelativePositionalMultiHeadAttention`` reshapes with stored head
-  counts and widths and merges heads back to its *input* width, so its inner
-  query/key/value width cannot change: ``to_qkv`` outputs and ``merge`` inputs stay.
+  counts and widths and merges heads back to a width read from its *input*
+  (``reshape(B, G, P, D)``), so neither its inner width nor the width around it
+  may change: ``to_qkv`` and ``merge`` keep their inputs and outputs.
 
 torchvision is optional: without it this plugin registers nothing.
 """
@@ -25,8 +26,9 @@ def _vit_hidden_dim(model) -> None:
 
 def _maxvit_attention(module, hints) -> None:
     reason = f"{type(module).__name__} reshapes with a stored head width and merges heads to its input width"
-    hints.keep_out_channels(module.to_qkv, reason)
-    hints.keep_in_channels(module.merge, reason)
+    for layer in (module.to_qkv, module.merge):
+        hints.keep_out_channels(layer, reason)
+        hints.keep_in_channels(layer, reason)
 
 
 @hookimpl(trylast=True)
