@@ -21,7 +21,7 @@ from .group import Dependency, Group, GroupItem, IndexMapping, PruneRecord, func
 from .layer_pruner import validate_idxs
 from .node import Node, Space
 from .plugin_manager import Registry, get_registry
-from .tracer import TraceResult, trace
+from .tracer import TraceResult, single_threaded, trace
 
 
 def channel_kind(pruning_fn: Callable[..., Any]) -> str:
@@ -107,6 +107,12 @@ class DependencyGraph:
         self.ignored_layers = list(ignored_layers or ())
         self._history = []
         self._trace = trace(model, example_inputs, self.registry, self._customized, forward_fn, output_transform, unwrapped)
+        with single_threaded():
+            self._index(model)
+        return self
+
+    def _index(self, model: nn.Module) -> None:
+        """Nodes, hints, fix-ups and the connected components of the traced couplings."""
         self.module2node = {node.module: node for node in self._trace.nodes if node.kind == "layer"}
         for node in self._trace.nodes:
             if node.kind == "parameter":
@@ -148,7 +154,6 @@ class DependencyGraph:
         self._roots = connected_components(n_ids, edges[:, ~blocking])
         self._blocked = connected_components(n_ids, edges) == 0
         self._components = ComponentIndex(self._roots)
-        return self
 
     def _require_trace(self) -> TraceResult:
         if self._trace is None:
@@ -206,6 +211,10 @@ class DependencyGraph:
 
     def get_pruning_group(self, module: Any, pruning_fn: Callable[..., Any], idxs: Sequence[int]) -> Group:
         """Everything that must be pruned with channels ``idxs`` of ``module``, as a ``Group``."""
+        with single_threaded():
+            return self._pruning_group(module, pruning_fn, idxs)
+
+    def _pruning_group(self, module: Any, pruning_fn: Callable[..., Any], idxs: Sequence[int]) -> Group:
         node = self._node(module)
         kind = "out" if node.kind == "parameter" else channel_kind(pruning_fn)
         if kind == "in" and node.in_out_coupled and node.in_space is not None and node.in_space.size == 0:
@@ -273,6 +282,11 @@ class DependencyGraph:
         unknown op are left out.
         """
         trace_ = self._require_trace()
+        with single_threaded():
+            groups = list(self._all_groups(trace_, ignored_layers, root_module_types))
+        return iter(groups)
+
+    def _all_groups(self, trace_: TraceResult, ignored_layers: Iterable[Any], root_module_types: Iterable[type] | None) -> Iterator[Group]:
         ignored = {id(m) for m in [*ignored_layers, *self.ignored_layers]}
         types = tuple(root_module_types) if root_module_types is not None else None
         ignored_roots = [self._roots[n.out_space.ids()] for n in self.module2node.values()

@@ -14,25 +14,55 @@ into groups.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import attrs
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.nn.utils.stateless import _reparametrize_module
+from torch.utils._pytree import tree_flatten
 
 from . import labels as L
 from .errors import PruningError, UnsupportedOpWarning
 from .node import Node, Space
 from .plugin_manager import Registry
 
+logger = logging.getLogger(__name__)
+
+ENV_TRACE = "PRUNEFRAME_TRACE"  # "auto" (default): shapes only when possible; "real": always on real tensors
+
 
 def tensors_in(obj: Any) -> list[torch.Tensor]:
-    """The tensors in a nested structure of tuples, lists and dicts, in order."""
-    leaves, _ = tree_flatten(obj)
-    return [x for x in leaves if isinstance(x, torch.Tensor)]
+    """The tensors in a nested structure of tuples, lists and dicts (or other pytrees), in order."""
+    found: list[torch.Tensor] = []
+    _collect_tensors(obj, found)
+    return found
+
+
+def _collect_tensors(obj: Any, found: list[torch.Tensor]) -> None:
+    # the common containers by hand: this runs for every traced op, and tree_flatten is several times slower
+    if isinstance(obj, torch.Tensor):
+        found.append(obj)
+    elif isinstance(obj, (tuple, list)):
+        for x in obj:
+            if isinstance(x, torch.Tensor):
+                found.append(x)
+            elif isinstance(x, (tuple, list, dict)) or not isinstance(x, (int, float, bool, str, type(None), torch.dtype, torch.device)):
+                _collect_tensors(x, found)
+    elif isinstance(obj, dict) and type(obj) is dict:
+        for x in obj.values():
+            _collect_tensors(x, found)
+    elif not isinstance(obj, (int, float, bool, str, type(None), torch.dtype, torch.device, torch.memory_format, torch.layout)):
+        leaves, _ = tree_flatten(obj)  # other registered pytrees (e.g. a model's output dataclass)
+        if not (len(leaves) == 1 and leaves[0] is obj):
+            for x in leaves:
+                _collect_tensors(x, found)
 
 
 class OpContext:
@@ -96,8 +126,15 @@ class OpContext:
                 return type(x)(swap(y) for y in x)
             return x
 
-        new_args = [swap(a) if i in data else a for i, a in enumerate(args)]
-        return op(*new_args, **kwargs)
+        def values(x: Any) -> Any:
+            if isinstance(x, torch.Tensor):
+                return self._r.real(x)
+            if isinstance(x, (list, tuple)):
+                return type(x)(values(y) for y in x)
+            return x
+
+        new_args = [swap(a) if i in data else values(a) for i, a in enumerate(args)]
+        return op(*new_args, **{k: values(v) for k, v in kwargs.items()})
 
     def unsupported(self, op: Any, args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> None:
         """What happens to an op nobody understands: its inputs' channels are blocked, its outputs too."""
@@ -119,6 +156,18 @@ class TraceResult:
     edges: torch.Tensor  # 2 x E: coupled channel ids, and channel ids tied to reason ids (blocked)
     reasons: dict[int, str]  # reason id -> why the channels tied to it are never pruned
     unsupported_ops: dict[str, int]
+    mode: str = "real"  # "shapes": traced on fake tensors; "real": on the example inputs themselves
+
+
+class NeedsRealValues(Exception):
+    """A shapes-only trace met something only real values can answer; the trace is redone on real tensors."""
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    try:
+        return t.untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. some subclasses): no aliasing known
+        return id(t)
 
 
 def _is_mutating(op: Any) -> list[int]:
@@ -131,8 +180,11 @@ def _is_mutating(op: Any) -> list[int]:
 class _Recorder(TorchDispatchMode):
     """The dispatch mode and leaf hooks that build a ``TraceResult``."""
 
-    def __init__(self, registry: Registry, leaves: dict[nn.Module, Node], raw_params: dict[int, tuple[str, nn.Parameter, int | None]]):
+    def __init__(self, registry: Registry, leaves: dict[nn.Module, Node], raw_params: dict[int, tuple[str, nn.Parameter, int | None]],
+                 real_of: dict[int, torch.Tensor] | None = None, shapes_only: bool = False):
         super().__init__()
+        self.real_of = real_of or {}
+        self.shapes_only = shapes_only
         self.registry = registry
         self.leaves = leaves
         self.raw_params = raw_params
@@ -201,8 +253,7 @@ class _Recorder(TorchDispatchMode):
                 ids = None
         self.store[id(t)] = (t, ids)
         self.assigned.add(id(t))
-        if t.device.type != "meta":
-            self.storage_users.setdefault(t.untyped_storage().data_ptr(), []).append(t)
+        self.storage_users.setdefault(_storage_key(t), []).append(t)
 
     def couple(self, a: torch.Tensor, b: torch.Tensor) -> None:
         a, b = torch.broadcast_tensors(a, b)
@@ -234,12 +285,24 @@ class _Recorder(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if self.depth == 0:
-            self.handle_op(func, args, kwargs, out)
+            with _disable_current_modes():  # label arithmetic runs on real tensors, untraced
+                self.handle_op(func, args, kwargs, out)
         return out
+
+    def real(self, t: torch.Tensor) -> torch.Tensor:
+        """The values of a non-label tensor argument (an index, a mask); a shapes-only trace may not have them."""
+        if not isinstance(t, FakeTensor):
+            return t
+        found = self.real_of.get(id(t))
+        if found is None:
+            raise NeedsRealValues("an op handler needs the values of a tensor computed during the forward pass")
+        return found
 
     def handle_op(self, op: Any, args: tuple, kwargs: dict, out: Any) -> None:
         inputs = tensors_in((args, kwargs))
         outputs = tensors_in(out)
+        if not outputs and not _is_mutating(op):
+            return  # a query (x.device, x.item()): no tensor carries channels onward
         if not any(self.lookup(t) is not None for t in inputs):
             for t in outputs:
                 self.assign(t, None)
@@ -251,7 +314,7 @@ class _Recorder(TorchDispatchMode):
         else:
             try:
                 entry.handler(self.ctx, op, args, kwargs, out)
-            except PruningError:
+            except (PruningError, NeedsRealValues):
                 raise
             except Exception as exc:
                 raise PruningError(
@@ -268,9 +331,7 @@ class _Recorder(TorchDispatchMode):
 
     def _check_aliases(self, t: torch.Tensor, op: Any) -> None:
         """An in-place write through a view changes its base too: block both, the labels cannot follow."""
-        if t.device.type == "meta":
-            return
-        users = self.storage_users.get(t.untyped_storage().data_ptr(), [])
+        users = self.storage_users.get(_storage_key(t), [])
         others = [
             u for u in users
             if u is not t and (u.shape != t.shape or u.stride() != t.stride() or u.storage_offset() != t.storage_offset())
@@ -291,7 +352,8 @@ class _Recorder(TorchDispatchMode):
     def leaf_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         self.depth -= 1
         if self.depth == 0:
-            self.handle_leaf(self.leaves[module], args, kwargs, output)
+            with _disable_current_modes():  # label arithmetic is ours, not the model's: do not trace it
+                self.handle_leaf(self.leaves[module], args, kwargs, output)
 
     def handle_leaf(self, node: Node, args: tuple, kwargs: dict, output: Any) -> None:
         module, pruner = node.module, node.pruner
@@ -356,6 +418,18 @@ class _Recorder(TorchDispatchMode):
                 self.couple(torch.as_tensor(c.a_idxs, dtype=torch.long) + a.base, torch.as_tensor(c.b_idxs, dtype=torch.long) + b.base)
 
 
+@contextlib.contextmanager
+def single_threaded():
+    """Run torch on one thread: label arithmetic is thousands of tiny ops, and waking a thread pool for each
+    costs more than the op (badly so on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def default_forward(model: nn.Module, example_inputs: Any) -> Any:
     """Torch-Pruning's convention: a dict is keyword inputs, a tuple or list positional ones."""
     if isinstance(example_inputs, dict):
@@ -377,7 +451,6 @@ def trace(
     """Run ``model`` once and record its channel couplings. The model is left as it was."""
     leaves: dict[nn.Module, Node] = {}
     inside_leaf: set[int] = set()
-    names = {id(m): n for n, m in model.named_modules()}
     for name, module in model.named_modules():
         if id(module) in inside_leaf:
             continue
@@ -404,36 +477,21 @@ def trace(
         if id(p) not in raw_params:
             raw_params[id(p)] = (f"<unwrapped {tuple(p.shape)}>", p, dim)
 
-    recorder = _Recorder(registry, leaves, raw_params)
-    handles = []
-    for module in leaves:
-        handles.append(module.register_forward_pre_hook(recorder.leaf_pre, with_kwargs=True))
-        handles.append(module.register_forward_hook(recorder.leaf_post, with_kwargs=True))
-
-    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    rng = torch.get_rng_state()
     forward = forward_fn or default_forward
-    try:
-        with torch.no_grad(), recorder:
-            model_input = recorder.reason_id("it comes from a model input")
-            for t in tensors_in(example_inputs):
-                recorder.assign(t, L.constant(t.shape, model_input))
-            output = forward(model, example_inputs)
-            finals = tensors_in(output)
-            if output_transform is not None:
-                finals += tensors_in(output_transform(output))
-            for t in finals:
-                ids = recorder.lookup(t)
-                if ids is not None:
-                    recorder.block(ids, "it reaches a model output")
-    finally:
-        for h in handles:
-            h.remove()
-        with torch.no_grad():
-            for n, b in model.named_buffers():
-                if n in buffers and b.shape == buffers[n].shape:
-                    b.copy_(buffers[n])
-        torch.set_rng_state(rng)
+    recorder = None
+    if os.environ.get(ENV_TRACE, "auto") != "real":
+        try:
+            with single_threaded():
+                recorder = _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, shapes_only=True)
+        except PruningError:
+            raise
+        except Exception as exc:  # the shapes-only pass cannot run this model (values needed, an op without a fake
+            # kernel, data-dependent shapes): trace it for real instead, which gives the same graph, only slower
+            logger.debug("shapes-only trace failed (%s: %s); tracing with real tensors", type(exc).__name__, exc)
+            for node in leaves.values():
+                node.calls, node.out_space, node.in_space = 0, None, None
+    if recorder is None:
+        recorder = _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, shapes_only=False)
 
     for node in leaves.values():
         if node.calls == 0:  # never called: nothing is known of its channels, so they stay as they are
@@ -448,4 +506,71 @@ def trace(
             stacklevel=3,
         )
     edges = torch.cat(recorder.edges, dim=1) if recorder.edges else torch.empty(2, 0, dtype=torch.long)
-    return TraceResult(recorder.nodes, recorder.spaces, recorder.next_id, edges, recorder.reasons, recorder.unsupported_ops)
+    return TraceResult(recorder.nodes, recorder.spaces, recorder.next_id, edges, recorder.reasons, recorder.unsupported_ops,
+                       "shapes" if recorder.shapes_only else "real")
+
+
+def _record(model: nn.Module, example_inputs: Any, registry: Registry, leaves: dict[nn.Module, Node],
+            raw_params: dict[int, tuple[str, nn.Parameter, int | None]], forward: Callable[[nn.Module, Any], Any],
+            output_transform: Callable[[Any], Any] | None, shapes_only: bool) -> "_Recorder":
+    """One forward pass under the recorder: on fake tensors (shapes only, no arithmetic) or on the real ones."""
+    real_of: dict[int, torch.Tensor] = {}
+    if shapes_only:
+        fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+        swapped: dict[str, torch.Tensor] = {}
+        for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+            fake = fake_mode.from_tensor(t)  # memoised: a weight tied under two names stays one fake tensor
+            swapped[name] = fake
+            real_of[id(fake)] = t
+        raw_params = {id(swapped[n]) if n in swapped else key: (n, p, d) for key, (n, p, d) in raw_params.items()}
+        inputs = _map_tensors(example_inputs, fake_mode.from_tensor)
+        for t_real, t_fake in zip(tensors_in(example_inputs), tensors_in(inputs)):
+            real_of[id(t_fake)] = t_real
+        contexts = [_reparametrize_module(model, swapped, tie_weights=True, strict=False), fake_mode]
+    else:
+        inputs, contexts = example_inputs, []
+
+    recorder = _Recorder(registry, leaves, raw_params, real_of, shapes_only)
+    handles = []
+    for module in leaves:
+        handles.append(module.register_forward_pre_hook(recorder.leaf_pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(recorder.leaf_post, with_kwargs=True))
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()} if not shapes_only else {}
+    rng = torch.get_rng_state()
+    model_input = recorder.reason_id("it comes from a model input")
+    for t in tensors_in(inputs):
+        recorder.assign(t, L.constant(t.shape, model_input))
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            for c in contexts:
+                stack.enter_context(c)
+            stack.enter_context(recorder)
+            output = forward(model, inputs)
+            finals = tensors_in(output)
+            if output_transform is not None:
+                finals += tensors_in(output_transform(output))
+            with _disable_current_modes():
+                for t in finals:
+                    ids = recorder.lookup(t)
+                    if ids is not None:
+                        recorder.block(ids, "it reaches a model output")
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                if n in buffers and b.shape == buffers[n].shape:
+                    b.copy_(buffers[n])
+        torch.set_rng_state(rng)
+    return recorder
+
+
+def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_map_tensors(x, fn) for x in obj)
+    if isinstance(obj, dict):
+        return type(obj)((k, _map_tensors(v, fn)) for k, v in obj.items())
+    return obj
