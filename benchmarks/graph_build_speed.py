@@ -52,6 +52,14 @@ def build_case(name: str):
     raise ValueError(f"unknown case {name!r}; choose from {CASES}")
 
 
+def forward_tensor(model, inputs):
+    """Both libraries get the model's main output as a plain tensor (Torch-Pruning cannot read output objects)."""
+    if isinstance(inputs, dict):
+        out = model(**inputs, use_cache=False) if "llama" in type(model).__name__.lower() else model(**inputs)
+        return out[0]
+    return model(inputs)
+
+
 def worker(library: str, case: str) -> dict:
     import warnings
 
@@ -65,13 +73,13 @@ def worker(library: str, case: str) -> dict:
 
         tp.get_registry()  # plugin loading is a one-off per process, like an import
         start = time.perf_counter()
-        graph = tp.DependencyGraph().build_dependency(model, inputs)
+        graph = tp.DependencyGraph().build_dependency(model, inputs, forward_fn=forward_tensor)
         groups = list(graph.get_all_groups(ignored_layers=heads))
     else:
         import torch_pruning as tp
 
         start = time.perf_counter()
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, forward_fn=forward_tensor)
         groups = list(graph.get_all_groups(ignored_layers=heads, root_module_types=(nn.Conv2d, nn.Linear)))
     seconds = time.perf_counter() - start
     del torch
