@@ -73,6 +73,14 @@ def _refresh(layer: nn.RNNBase) -> None:
         layer.flatten_parameters()
 
 
+def _checked(layer: nn.RNNBase, idxs: Sequence[int], n: int, what: str) -> torch.Tensor:
+    """``idxs`` validated against ``n`` channels, refusing to remove them all."""
+    index = validate_idxs(layer, idxs, n, what.rstrip("s"))
+    if index.numel() == n:
+        raise ValueError(f"removing all {n} {what} of {type(layer).__name__} would leave it empty; keep at least one")
+    return index
+
+
 class RNNPruner(BasePruningFunc):
     """Prunes hidden units (output channels) and input features (input channels) of LSTM, GRU and RNN."""
 
@@ -90,9 +98,7 @@ class RNNPruner(BasePruningFunc):
                 "units, which this pruner does not prune. Add it to ignored_layers, or build it without proj_size"
             )
         h = layer.hidden_size
-        index = validate_idxs(layer, idxs, h, "hidden unit")
-        if index.numel() == h:
-            raise ValueError(f"removing all {h} hidden units of {type(layer).__name__} would leave it empty; keep at least one")
+        index = _checked(layer, idxs, h, "hidden units")
         if index.numel() == 0:
             return layer
         g = _gates(layer)
@@ -114,9 +120,7 @@ class RNNPruner(BasePruningFunc):
     def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
         """Remove input features ``idxs`` (columns of the layer-0 input weights of both directions)."""
         n = layer.input_size
-        index = validate_idxs(layer, idxs, n, "input feature")
-        if index.numel() == n:
-            raise ValueError(f"removing all {n} input features of {type(layer).__name__} would leave it empty; keep at least one")
+        index = _checked(layer, idxs, n, "input features")
         if index.numel() == 0:
             return layer
         keep = keep_index(n, index)

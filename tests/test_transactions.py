@@ -54,28 +54,17 @@ def build(model: nn.Module) -> tp.DependencyGraph:
     return tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 8, 8))
 
 
-class ExplodingConvPruner(tp.pruner.BasePruningFunc):
-    """Prunes like the built-in conv pruner, but fails on the n-th call (a plugin bug halfway through a group)."""
+class Delegating(tp.pruner.BasePruningFunc):
+    """Prunes and traces like the built-in pruner of ``layer_type``; subclasses add a bug."""
 
-    def __init__(self, fail_on: int):
-        self.inner = tp.get_registry().layer_pruner(nn.Conv2d)
-        self.calls, self.fail_on = 0, fail_on
-
-    def _count(self):
-        self.calls += 1
-        if self.calls == self.fail_on:
-            raise RuntimeError("injected failure")
+    def __init__(self, layer_type: type):
+        self.inner = tp.get_registry().layer_pruner(layer_type)
 
     def prune_out_channels(self, layer, idxs):
-        self._count()
         return self.inner.prune_out_channels(layer, idxs)
 
     def prune_in_channels(self, layer, idxs):
-        self._count()
         return self.inner.prune_in_channels(layer, idxs)
-
-    def get_out_channels(self, layer):
-        return layer.out_channels
 
     def input_channel_dims(self, layer, inputs):
         return self.inner.input_channel_dims(layer, inputs)
@@ -85,6 +74,30 @@ class ExplodingConvPruner(tp.pruner.BasePruningFunc):
 
     def in_out_coupled(self, layer):
         return False
+
+
+class ExplodingConvPruner(Delegating):
+    """Prunes like the built-in conv pruner, but fails on the n-th call (a plugin bug halfway through a group)."""
+
+    def __init__(self, fail_on: int):
+        super().__init__(nn.Conv2d)
+        self.calls, self.fail_on = 0, fail_on
+
+    def _count(self):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise RuntimeError("injected failure")
+
+    def prune_out_channels(self, layer, idxs):
+        self._count()
+        return super().prune_out_channels(layer, idxs)
+
+    def prune_in_channels(self, layer, idxs):
+        self._count()
+        return super().prune_in_channels(layer, idxs)
+
+    def get_out_channels(self, layer):
+        return layer.out_channels
 
 
 @pytest.mark.parametrize("fail_on", [2, 3])
@@ -175,28 +188,16 @@ def test_tracing_leaves_the_model_as_it_was() -> None:
     assert model.training
 
 
-class WritesInPlace(tp.pruner.BasePruningFunc):
+class WritesInPlace(Delegating):
     """A buggy pruner: it scales the weight in place before pruning like the built-in one."""
 
     def __init__(self):
-        self.inner = tp.get_registry().layer_pruner(nn.Linear)
+        super().__init__(nn.Linear)
 
     def prune_out_channels(self, layer, idxs):
         with torch.no_grad():
             layer.weight.mul_(2)
-        return self.inner.prune_out_channels(layer, idxs)
-
-    def prune_in_channels(self, layer, idxs):
-        return self.inner.prune_in_channels(layer, idxs)
-
-    def output_channel_dims(self, layer, outputs):
-        return self.inner.output_channel_dims(layer, outputs)
-
-    def input_channel_dims(self, layer, inputs):
-        return self.inner.input_channel_dims(layer, inputs)
-
-    def in_out_coupled(self, layer):
-        return False
+        return super().prune_out_channels(layer, idxs)
 
 
 def test_a_pruner_writing_in_place_is_caught_and_named() -> None:
