@@ -190,3 +190,34 @@ def test_pruning_works_for_every_functional_trigger_of_bn() -> None:
     assert {dep.target.name for dep, _ in group} == {"0", "1", "3"}
     group.prune()
     assert model[1].num_features == 5 and model(X).shape == (1, 2, 8, 8)
+
+
+def _grouping(model: nn.Module, x) -> tuple[str, list]:
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    groups = [[(dep.target.name, tp.group.function_name(dep.handler), idxs) for dep, idxs in g] for g in DG.get_all_groups()]
+    return DG._trace.mode, groups
+
+
+class DataDependent(nn.Module):
+    """Its branch depends on values: a shapes-only trace cannot decide it, a real one can."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        if bool(y.mean() > -1):  # always true, but only values can tell
+            y = y + self.b(y)
+        return self.head(y)
+
+
+@pytest.mark.parametrize("model_fn", [TwoBranch, DataDependent])
+def test_both_tracing_modes_give_the_same_graph(model_fn, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = model_fn()
+    mode, fast = _grouping(model, X)
+    monkeypatch.setenv("PRUNEFRAME_TRACE", "real")
+    real_mode, real = _grouping(model, X)
+    assert real_mode == "real" and fast == real and fast
+    assert mode == ("real" if model_fn is DataDependent else "shapes")  # the data-dependent model fell back
