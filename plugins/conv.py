@@ -3,7 +3,8 @@
 - plain (groups == 1): output channels are weight rows (columns of a
   transposed conv), input channels the other way round;
 - depthwise (every group has one input channel): a group's input and its
-  outputs go together, so whole groups are removed and ``groups`` shrinks;
+  outputs go together, so whole groups are removed and ``groups`` shrinks; or,
+  with a depth multiplier, the same output position goes from every group;
 - grouped: every group must keep the same width, so a position is removed
   from every group at once (the graph couples them).
 """
@@ -52,6 +53,17 @@ class ConvPruner(BasePruningFunc):
     def get_in_channels(self, layer: nn.Module) -> int:
         return layer.in_channels
 
+    def _prune_depthwise_outputs(self, layer: nn.Module, index: torch.Tensor) -> nn.Module:
+        """Whole groups (input channels with their outputs), or the same output position of every group."""
+        per = layer.out_channels // layer.groups
+        if torch.unique(index // per).numel() * per == index.numel():
+            return self._prune_whole_groups(layer, index)
+        keep = _everywhere(keep_index(per, _local_positions(layer, index, layer.out_channels, "output")), per, layer.groups)
+        select_(layer, "weight", 0, keep)
+        select_(layer, "bias", 0, keep)
+        layer.out_channels -= index.numel()
+        return layer
+
     def _prune_whole_groups(self, layer: nn.Module, out_index: torch.Tensor) -> nn.Module:
         per = layer.out_channels // layer.groups
         groups = torch.unique(out_index // per)
@@ -72,7 +84,7 @@ class ConvPruner(BasePruningFunc):
         n = layer.out_channels
         index = validate_idxs(layer, idxs, n, "output channel")
         if _depthwise(layer):
-            return self._prune_whole_groups(layer, index)
+            return self._prune_depthwise_outputs(layer, index)
         g = layer.groups
         if g == 1:
             keep = keep_index(n, index)
@@ -115,7 +127,7 @@ class ConvPruner(BasePruningFunc):
             if _depthwise(layer):
                 per = layer.out_channels // layer.groups
                 if kind == "out" and torch.unique(index // per).numel() * per != index.numel():
-                    return f"a depthwise conv loses whole groups of {per} outputs, not {index.tolist()}"
+                    _local_positions(layer, index, layer.out_channels, "output")  # or one position of every group
             elif layer.groups > 1:
                 n = layer.out_channels if kind == "out" else layer.in_channels
                 _local_positions(layer, index, n, "output" if kind == "out" else "input")

@@ -8,8 +8,9 @@ channel lands is computed from the real shapes, not guessed. On top of that:
   others go together (channel shuffle's groups, a head's width);
 - slicing, selecting or indexing a dimension that holds channels uses fixed
   positions, so channels along it cannot be pruned independently;
-- ``split``/``chunk``/``unbind`` into equal pieces keep the pieces equal:
-  position j goes from every piece at once.
+- ``chunk`` (``split`` into equal pieces of a size) keeps the pieces equal:
+  position j goes from every piece at once; ``split`` with a list of sizes and
+  ``unbind`` fix the sizes, so channels along that dimension stay.
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def embedding(ctx, op, args, kwargs, out) -> None:
 
 
 def splitting(ctx, op, args, kwargs, out) -> None:
-    """split, split_with_sizes: equal pieces stay equal; unbind: fixed positions."""
+    """split(size) (from chunk): equal pieces stay equal; split_with_sizes and unbind: fixed sizes, fixed positions."""
     replay(ctx, op, args, kwargs, out)
     x = args[0]
     if op.overloadpacket is aten.unbind:
@@ -119,7 +120,10 @@ def splitting(ctx, op, args, kwargs, out) -> None:
     if not _varies(ids, dim):
         return
     pieces = [t.shape[dim] for t in tensors_in(out)]
-    if len(set(pieces)) != 1 or sum(pieces) != x.shape[dim]:
+    # split_with_sizes carries the sizes themselves, which the model's code then asks for again: they cannot change.
+    # split(size) is what chunk(n) becomes: equal pieces, recomputed from the current width.
+    fixed_sizes = op.overloadpacket in (aten.split_with_sizes, aten.split_with_sizes_copy) or op is aten.split.sizes
+    if fixed_sizes or len(set(pieces)) != 1 or sum(pieces) != x.shape[dim]:
         _pin(ctx, x, dim)
         return
     moved = ids.movedim(dim, 0)

@@ -48,8 +48,11 @@ def test_depthwise_conv_removes_whole_groups() -> None:
     tp.prune_depthwise_conv_in_channels(layer, [0])
     assert (layer.in_channels, layer.out_channels, layer.groups) == (2, 4, 2)
     assert layer(torch.randn(1, 2, 5, 5)).shape == (1, 4, 3, 3)
-    with pytest.raises(ValueError, match="all of a group"):
+    with pytest.raises(ValueError, match="same output positions"):  # one output of one group only
         tp.prune_conv_out_channels(layer, [0])
+    tp.prune_conv_out_channels(layer, [0, 2])  # output 0 of every group: the groups stay, each gets narrower
+    assert (layer.in_channels, layer.out_channels, layer.groups) == (2, 2, 2)
+    assert layer(torch.randn(1, 2, 5, 5)).shape == (1, 2, 3, 3)
 
 
 def test_grouped_conv_needs_the_same_positions_in_every_group() -> None:
