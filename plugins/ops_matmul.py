@@ -4,8 +4,13 @@ For ``a (..., M, K) @ b (..., K, N)``: channels along the contracted K of both
 operands are pruned together; if only one operand holds channels along K, the
 other cannot shrink, so those channels go all together or not at all. The
 output keeps the channels of whichever operand is not contracted over its
-channels (``P @ v`` keeps ``v``'s); a product over channels (``q @ k^T``)
-holds none.
+channels (``P @ v`` keeps ``v``'s).
+
+The batch dimensions (all but the last two) pair slice ``p`` of one operand
+with slice ``p`` of the other: attention head ``h`` of ``q`` with head ``h`` of
+``k``, and the scores' head ``h`` with head ``h`` of ``v``. A slice may vanish
+only in both operands, which ``ctx.tie_slices`` records; the result's slices
+carry that tie onward (``softmax(q @ k^T) @ v`` ties the heads of all three).
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ def _aligned(ctx, t, nd: int):
 
 def _product(ctx, a, b, out):
     nd = out.dim()
-    la, lb = _aligned(ctx, a, max(nd, 2)), _aligned(ctx, b, max(nd, 2))
+    la, lb = _aligned(ctx, a, nd), _aligned(ctx, b, nd)
     a_k, b_k = _varies(la, -1), _varies(lb, -2)
     if a_k and b_k:
         if _varies(la, -2) or _varies(lb, -1):
@@ -42,12 +47,22 @@ def _product(ctx, a, b, out):
         ctx.couple_along(la, -1)
     elif b_k:
         ctx.couple_along(lb, -2)
-    keep_a = la if la is not None and not a_k else None
-    keep_b = lb if lb is not None and not b_k else None
+    slices = ctx.tie_slices([la, lb], out.shape, range(nd - 2))
+    # The result's channels: along M from a, along N from b; an operand holding channels only along the
+    # batch dimensions (or the contracted one) passes on none of its own, its slices are tied above.
+    keep_a = la if la is not None and _varies(la, -2) else None
+    keep_b = lb if lb is not None and _varies(lb, -1) else None
     if keep_a is not None and keep_b is not None:
-        ctx.couple(keep_a, keep_b)
+        ctx.couple(keep_a, keep_b)  # a channel of each at every position: they can only go together
         return torch.where(keep_a >= 0, keep_a, keep_b)
-    return keep_a if keep_a is not None else keep_b
+    kept = keep_a if keep_a is not None else keep_b
+    if kept is None and not (a_k or b_k):  # constant along M, K and N: the operands' labels pass through
+        kept = la if la is not None else lb
+        if la is not None and lb is not None:
+            ctx.couple(la, lb)
+    if kept is None:
+        return slices
+    return kept
 
 
 def _add_bias(ctx, bias, merged, out):
@@ -113,6 +128,10 @@ def attention(ctx, op, args, kwargs, out) -> None:
             ctx.block(lv, f"{op} mixes value positions that hold channels")
         else:
             result = lv
+    if nd >= 3:  # head h of q, k and v exist only together
+        slices = ctx.tie_slices([lq, lk, lv], outputs[0].shape, range(nd - 2))
+        if result is None:
+            result = slices
     for extra in tensors_in((args[3:], kwargs)):
         ctx.block(ctx.ids(extra), f"an attention mask or bias of {op} that holds channels")
     ctx.set(outputs[0], result)

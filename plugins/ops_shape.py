@@ -64,10 +64,13 @@ def reshape(ctx, op, args, kwargs, out) -> None:
     sizes = list(args[1]) if len(args) > 1 and isinstance(args[1], (list, tuple)) else []
     for _, outs in _dim_groups(list(args[0].shape), list(out.shape)):
         varying = [d for d in outs if _varies(ids, d)]
-        if len(varying) < 2:
+        free = [d for d in outs if d < len(sizes) and sizes[d] == -1]
+        if free:  # the code fixed every other size, even when the -1 one holds a single position (one head)
+            keep_free = free[0]
+        elif len(varying) < 2:
             continue
-        free = [d for d in varying if d < len(sizes) and sizes[d] == -1]
-        keep_free = free[0] if free else varying[-1]
+        else:
+            keep_free = varying[-1]
         for d in varying:
             if d != keep_free:
                 ctx.couple_along(ids, d)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import pruner
-from .errors import PluginLoadError, PluginLoadWarning, PruningError, UnsupportedOpWarning
+from .errors import ModelStopsRunningError, PluginLoadError, PluginLoadWarning, PruningError, UnsupportedOpWarning
 from .graph import DependencyGraph
 from .group import Dependency, Group, GroupItem, IndexMapping, PruneRecord
 from .hookspecs import hookimpl
@@ -31,6 +31,7 @@ __all__ = [
     "GroupItem",
     "IndexMapping",
     "LayerPruner",
+    "ModelStopsRunningError",
     "Node",
     "PluginLoadError",
     "PluginLoadWarning",

@@ -6,6 +6,14 @@ class PruningError(RuntimeError):
     """A prune was refused or failed; the model was left exactly as it was."""
 
 
+class ModelStopsRunningError(PruningError):
+    """A prune was undone because the model no longer ran on the example inputs afterwards.
+
+    The model's code fixes a size the prune would change (a literal in a ``view`` or ``split``,
+    a stored head width); no trace can see such literals, so the graph checks by running the model.
+    """
+
+
 class PluginLoadError(ImportError):
     """A plugin listed under the ``pruneframe.plugins`` entry-point group failed to load."""
 

@@ -15,13 +15,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .components import ComponentIndex, connected_components
+from .components import ComponentIndex, connected_components, resolve_slice_ties
 from .errors import PruningError
 from .group import Dependency, Group, GroupItem, IndexMapping, PruneRecord, function_name
 from .layer_pruner import validate_idxs
 from .node import Node, Space
 from .plugin_manager import Registry, get_registry
-from .tracer import TraceResult, single_threaded, trace
+from .tracer import TraceResult, runs, single_threaded, trace
 
 
 def channel_kind(pruning_fn: Callable[..., Any]) -> str:
@@ -92,8 +92,14 @@ class DependencyGraph:
         unwrapped_parameters: Iterable[tuple[nn.Parameter, int]] | None = None,
         customized_pruners: dict[type, Any] | None = None,
         verbose: bool = True,
+        verify_prunes: bool = True,
     ) -> "DependencyGraph":
-        """Trace ``model`` on ``example_inputs`` (a tensor, a tuple/list of positional inputs, or a dict of keyword inputs)."""
+        """Trace ``model`` on ``example_inputs`` (a tensor, a tuple/list of positional inputs, or a dict of keyword inputs).
+
+        With ``verify_prunes`` (the default) every ``Group.prune()`` ends by running the model once more on the
+        example inputs (shapes only where possible) and undoes the prune if it no longer runs: sizes that the
+        model's code fixes, which no trace can see, then refuse the prune instead of breaking the model.
+        """
         if not isinstance(model, nn.Module):
             raise TypeError(f"build_dependency takes an nn.Module, not {type(model).__name__}")
         for layer_type, pruner in (customized_pruners or {}).items():
@@ -104,6 +110,7 @@ class DependencyGraph:
                 raise TypeError(f"unwrapped_parameters takes (parameter, dim) pairs, not {item!r}")
             unwrapped.append((item[0], int(item[1])))
         self.model = model
+        self._example = (example_inputs, forward_fn, verify_prunes)
         self.ignored_layers = list(ignored_layers or ())
         self._history = []
         self._trace = trace(model, example_inputs, self.registry, self._customized, forward_fn, output_transform, unwrapped)
@@ -149,11 +156,25 @@ class DependencyGraph:
         is_reason[0] = True
         is_reason[list(reasons)] = True
         blocking = is_reason[edges[0]] | is_reason[edges[1]]
+        coupling = edges[:, ~blocking]
+        tie_edges, kept_slices = resolve_slice_ties(n_ids, coupling, self._trace.ties, is_reason)
+        coupling = torch.cat([coupling, tie_edges], 1)
+        reason_edges = edges[:, blocking]
+        if kept_slices.numel():
+            reason = ("the slices of a product they belong to (e.g. an attention head of q, k and v) "
+                      "could vanish in one operand only")
+            reason_id, n_ids = n_ids, n_ids + 1
+            reasons[reason_id] = reason
+            reason_edges = torch.cat([reason_edges, torch.stack([kept_slices, torch.full_like(kept_slices, reason_id)]),
+                                      torch.tensor([[reason_id], [0]])], 1)
         self._reasons = reasons
-        self._reason_edges = edges[:, blocking]
-        self._roots = connected_components(n_ids, edges[:, ~blocking])
-        self._blocked = connected_components(n_ids, edges) == 0
+        self._reason_edges = reason_edges
+        self._roots = connected_components(n_ids, coupling)
+        self._blocked = connected_components(n_ids, torch.cat([coupling, reason_edges], 1)) == 0
         self._components = ComponentIndex(self._roots)
+        self._owned = torch.zeros(n_ids, dtype=torch.bool)
+        for space in self._trace.spaces:
+            self._owned[space.base:space.base + space.size] = True
 
     def _require_trace(self) -> TraceResult:
         if self._trace is None:
@@ -230,9 +251,9 @@ class DependencyGraph:
         root_space = root.space(kind)
         assert root_space is not None
         members = self._components.members(root_space.base + root_space.original_positions(index)) if index.numel() else index
-        members = members[members > 0]  # id 0 stands for "blocked", owned by no layer
+        blocked_ids = members[self._blocked[members]]  # product slices included: they may be what is blocked
+        members = members[self._owned[members]]  # not id 0 ("blocked") nor the ids of product slices
         member_roots = self._roots[members]
-        blocked_ids = members[self._blocked[members]]
         reasons: list[str] = []
         if blocked_ids.numel():
             u, v = self._reason_edges
@@ -335,6 +356,13 @@ class DependencyGraph:
                     f"{node.name} ({node.type}) has {actual} output channels but the graph expects {space.current_size}: "
                     "the model was changed outside this graph. Call build_dependency again."
                 )
+
+    def _still_runs(self) -> str | None:
+        """None if the model still runs on the example inputs (or checking is off), else why not."""
+        inputs, forward_fn, verify = self._example
+        if not verify or self.model is None:
+            return None
+        return runs(self.model, inputs, forward_fn, shapes_only=self._require_trace().mode == "shapes")
 
     # --- history ------------------------------------------------------------------------
     def pruning_history(self) -> list[list[PruneRecord]]:

@@ -8,7 +8,7 @@ import attrs
 import torch
 from torch import nn
 
-from .errors import PruningError
+from .errors import ModelStopsRunningError, PruningError
 from .node import Node, Space
 
 if TYPE_CHECKING:
@@ -189,6 +189,14 @@ class Group:
                     "pruneframe.layer_pruner.select_), never modify them, or no failed prune can be undone. Shapes and "
                     "attributes were restored, but the values it overwrote cannot be; fix the pruner."
                 )
+        broken = self._graph._still_runs()
+        if broken is not None:
+            snapshot.restore()
+            raise ModelStopsRunningError(
+                f"after this prune the model no longer runs on the example inputs ({broken}); it was undone, the model "
+                "is as it was. Its code fixes a size these channels change (a literal in a view or split): keep these "
+                "layers (ignored_layers) or make the code read the size from the tensor."
+            )
         records = []
         for space, traced in self._members:
             records.append(PruneRecord(space.node.name, space.kind, tuple(space.current_positions(traced).tolist()), tuple(traced.tolist())))

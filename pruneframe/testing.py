@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .errors import ModelStopsRunningError
 from .graph import DependencyGraph
 from .plugin_manager import Registry
 from .tracer import default_forward, tensors_in
@@ -124,7 +125,10 @@ def prune_random(ratio: float = 0.3, seed: int = 0, ignored_layers: Callable[[nn
             while chosen:
                 final = graph.get_pruning_group(root.target.module, root.trigger, sorted(chosen))
                 if graph.check_pruning_group(final):
-                    final.prune()
+                    try:
+                        final.prune()
+                    except ModelStopsRunningError:
+                        break  # the model's code fixes these sizes: this group stays whole
                     done += 1
                     break
                 chosen = chosen[: len(chosen) // 2]  # it would empty some coupled layer: take less

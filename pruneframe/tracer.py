@@ -15,6 +15,7 @@ into groups.
 from __future__ import annotations
 
 import contextlib
+import math
 import logging
 import os
 import warnings
@@ -100,6 +101,23 @@ class OpContext:
         if ids.dim() and ids.shape[dim] > 1:
             self._r.couple(ids, ids.narrow(dim, 0, 1))
 
+    def tie_slices(self, labels: Sequence[torch.Tensor | None], shape: Sequence[int], dims: Sequence[int]) -> torch.Tensor | None:
+        """Slices of several operands that exist only together, e.g. attention head ``h`` of ``q``, ``k`` and ``v``.
+
+        Each of ``labels`` (aligned to a result of ``shape``) is cut into slices
+        along ``dims``, the batch dimensions of a product: slice ``p`` of one
+        operand may vanish only when slice ``p`` of every other one does.
+        That is not a channel-to-channel coupling (head ``h`` of ``q`` may be
+        whole-head coupled while ``v``'s positions are coupled across heads),
+        so it is resolved once the couplings are known: a slice that one
+        prune can remove is joined with the others' slices, and a position
+        some operand cannot lose by one prune is kept in all of them.
+
+        Returns a label along ``dims`` for the result's slices (ids of no
+        layer), or None when no operand varies along ``dims``.
+        """
+        return self._r.tie_slices(labels, shape, dims)
+
     def block(self, ids: torch.Tensor | None, reason: str) -> None:
         """Channels in ``ids`` are never pruned, because of ``reason``."""
         if ids is not None:
@@ -157,6 +175,7 @@ class TraceResult:
     reasons: dict[int, str]  # reason id -> why the channels tied to it are never pruned
     unsupported_ops: dict[str, int]
     mode: str = "real"  # "shapes": traced on fake tensors; "real": on the example inputs themselves
+    ties: list[tuple[torch.Tensor, list[torch.Tensor]]] = attrs.Factory(list)  # (slice ids (P,), per operand (P, k) ids)
 
 
 class NeedsRealValues(Exception):
@@ -195,6 +214,7 @@ class _Recorder(TorchDispatchMode):
         self.store: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.storage_users: dict[int, list[torch.Tensor]] = {}
         self.edges: list[torch.Tensor] = []
+        self.ties: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
         self.reasons: dict[int, str] = {}
         self._reason_ids: dict[str, int] = {}
         self.unsupported_ops: dict[str, int] = {}
@@ -260,6 +280,26 @@ class _Recorder(TorchDispatchMode):
         keep = (a >= 0) & (b >= 0) & (a != b)
         if bool(keep.any()):
             self.edges.append(torch.stack([a[keep], b[keep]]))
+
+    def tie_slices(self, labels: Sequence[torch.Tensor | None], shape: Sequence[int], dims: Sequence[int]) -> torch.Tensor | None:
+        ndim = len(shape)
+        dims = sorted({d % ndim for d in dims})
+        # An operand the same in every slice (broadcast, or holding channels only elsewhere) loses no slice alone.
+        present = [L.align(ids, ndim) for ids in labels if ids is not None]
+        present = [ids for ids in present if any(ids.shape[d] > 1 for d in dims)]
+        if not present:
+            return None
+        slices = math.prod(shape[d] for d in dims)
+        virtual = torch.arange(self.next_id, self.next_id + slices, dtype=torch.long)
+        self.next_id += slices
+        rest = [d for d in range(ndim) if d not in dims]
+        sides = []
+        for ids in present:
+            sized = [shape[d] if d in dims else ids.shape[d] for d in range(ndim)]
+            sides.append(ids.expand(sized).permute(*dims, *rest).reshape(slices, -1))
+        self.ties.append((virtual, sides))
+        view = [shape[d] if d in dims else 1 for d in range(ndim)]
+        return virtual.view(view)
 
     def reason_id(self, reason: str) -> int:
         """An id standing for one reason to keep channels; it is blocked, and so is everything tied to it."""
@@ -507,7 +547,7 @@ def trace(
         )
     edges = torch.cat(recorder.edges, dim=1) if recorder.edges else torch.empty(2, 0, dtype=torch.long)
     return TraceResult(recorder.nodes, recorder.spaces, recorder.next_id, edges, recorder.reasons, recorder.unsupported_ops,
-                       "shapes" if recorder.shapes_only else "real")
+                       "shapes" if recorder.shapes_only else "real", recorder.ties)
 
 
 def _record(model: nn.Module, example_inputs: Any, registry: Registry, leaves: dict[nn.Module, Node],
@@ -564,6 +604,39 @@ def _record(model: nn.Module, example_inputs: Any, registry: Registry, leaves: d
                     b.copy_(buffers[n])
         torch.set_rng_state(rng)
     return recorder
+
+
+def runs(model: nn.Module, example_inputs: Any, forward_fn: Callable[[nn.Module, Any], Any] | None,
+         shapes_only: bool) -> str | None:
+    """Whether ``model`` still runs on ``example_inputs``: None if it does, else what went wrong.
+
+    Shapes only (fake tensors) when the model was traced that way, so the check costs no arithmetic;
+    otherwise a real forward pass, after which buffers and the RNG are put back.
+    """
+    forward = forward_fn or default_forward
+    try:
+        if shapes_only:
+            fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+            swapped = {n: fake_mode.from_tensor(t) for n, t in
+                       [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]}
+            inputs = _map_tensors(example_inputs, fake_mode.from_tensor)
+            with single_threaded(), torch.no_grad(), _reparametrize_module(model, swapped, tie_weights=True, strict=False), fake_mode:
+                forward(model, inputs)
+        else:
+            buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+            rng = torch.get_rng_state()
+            try:
+                with torch.no_grad():
+                    forward(model, example_inputs)
+            finally:
+                with torch.no_grad():
+                    for n, b in model.named_buffers():
+                        if n in buffers and b.shape == buffers[n].shape:
+                            b.copy_(buffers[n])
+                torch.set_rng_state(rng)
+    except Exception as exc:  # whatever the model's own code raises is the answer, reported to the caller
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:

@@ -123,14 +123,69 @@ def test_grouped_query_attention_repeat(free: str) -> None:
 
     m, x = GQA(), torch.randn(1, 3, 8)
     if free == "heads":
-        # a head's width is fixed: whole heads go, and key/value head 0 takes its query heads 0 and 1 along
-        assert mapping(m, x, m.k, [1]) == {"k.out": [0, 1, 2, 3], "q.out": list(range(8))}
-        assert mapping(m, x, m.v, [4]) == {"v.out": [4, 5, 6, 7], "o.in": list(range(8, 16))}
+        # a head's width is fixed: whole heads go. Key/value head 0 takes its query heads 0 and 1 along, and
+        # since the scores' head h meets value head h in att @ v, value head 0 goes too (with o's inputs)
+        kv0 = {"k.out": [0, 1, 2, 3], "q.out": list(range(8)), "v.out": [0, 1, 2, 3], "o.in": list(range(8))}
+        assert mapping(m, x, m.k, [1]) == kv0
+        assert mapping(m, x, m.v, [1]) == kv0
+        assert mapping(m, x, m.q, [12]) == {"k.out": [4, 5, 6, 7], "q.out": list(range(8, 16)),
+                                            "v.out": [4, 5, 6, 7], "o.in": list(range(8, 16))}
     else:
         # the head count is fixed: position 1 goes from every head of q and k (of v and o)
         assert mapping(m, x, m.k, [1]) == {"k.out": [1, 5], "q.out": [1, 5, 9, 13]}
         assert mapping(m, x, m.v, [1]) == {"v.out": [1, 5], "o.in": [1, 5, 9, 13]}
     assert_prune_equivalent(GQA(), torch.randn(2, 3, 8), prune_random(ratio=0.5, seed=0))
+
+
+class SDPAttention(nn.Module):
+    """Hugging Face style attention: heads read with -1, key/value heads repeated, F.scaled_dot_product_attention."""
+
+    def __init__(self, kv_heads: int = 2, mode: str = "repeat"):
+        super().__init__()
+        self.kv_heads, self.mode = kv_heads, mode
+        self.q, self.k, self.v = nn.Linear(8, 16), nn.Linear(8, 4 * kv_heads), nn.Linear(8, 4 * kv_heads)
+        self.o = nn.Linear(16, 8)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q, k, v = (t.view(b, s, -1, 4).transpose(1, 2) for t in (self.q(x), self.k(x), self.v(x)))
+        if self.mode == "repeat":
+            n_rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v)
+        elif self.mode == "sdpa-gqa":
+            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        else:  # "matmul": key/value broadcast over the query heads (multi-query attention)
+            y = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+        return x + self.o(y.transpose(1, 2).reshape(b, s, -1))
+
+
+@pytest.mark.parametrize("mode", ["repeat", "sdpa-gqa"])
+def test_attention_heads_of_q_k_and_v_go_together(mode: str) -> None:
+    """Head h of the scores meets head h of v: dropping a query/key head without its value head would break."""
+    m, x = SDPAttention(2, mode), torch.randn(1, 3, 8)
+    second_kv_group = {"q.out": list(range(8, 16)), "k.out": [4, 5, 6, 7], "v.out": [4, 5, 6, 7], "o.in": list(range(8, 16))}
+    assert mapping(m, x, m.q, [9]) == second_kv_group
+    assert mapping(m, x, m.v, [5]) == second_kv_group
+    assert_prune_equivalent(SDPAttention(2, mode), torch.randn(2, 3, 8), prune_random(ratio=0.5, seed=0))
+
+
+def test_a_single_key_value_head_of_fixed_width_cannot_shrink() -> None:
+    """Multi-query attention, one key/value head broadcast over the query heads by the product itself.
+
+    The code fixes a head's width (view(b, s, -1, 4)) and k and v have one head each, so no position of
+    k or v may go, and query position j meets key position j in every head: nothing here can be pruned.
+    (The -1 of k's and v's views counts a single head; it still says the width is fixed.)
+    """
+    m, x = SDPAttention(1, "matmul"), torch.randn(1, 3, 8)
+    DG = tp.DependencyGraph().build_dependency(m, x)
+    for layer in (m.q, m.k, m.v):
+        group = DG.get_pruning_group(layer, tp.prune_linear_out_channels, [1])
+        assert not DG.check_pruning_group(group)
+        assert any("would remove all" in problem for problem in group.problems())
+        with pytest.raises(tp.PruningError):
+            group.prune()
+    assert m(x).shape == (1, 3, 8) and m.v.out_features == 4
 
 
 def test_pixel_shuffle_and_unshuffle() -> None:

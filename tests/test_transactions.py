@@ -217,3 +217,41 @@ def test_blocked_groups_say_why() -> None:
     group = DG.get_pruning_group(model.conv1, tp.prune_conv_in_channels, [0])
     assert group.blocked_reasons == ["it comes from a model input"]
     assert [dep.target.name for dep, _ in group] == ["conv1"]  # blocked channels do not drag in every other one
+
+
+class LiteralView(nn.Module):
+    """Reshapes with a literal head count and width: the trace cannot know that 4 x 4 is fixed in code."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj, self.out = nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        y = self.proj(x).view(x.shape[0], 4, 4)
+        return self.out((y * y.softmax(-1)).reshape(x.shape[0], 16))
+
+
+@pytest.mark.parametrize("trace_mode", ["shapes", "real"])
+def test_a_prune_the_model_cannot_run_with_is_undone(monkeypatch, trace_mode) -> None:
+    monkeypatch.setenv("PRUNEFRAME_TRACE", trace_mode)
+    model = LiteralView().train()
+    x = torch.randn(2, 16)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    before = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    group = DG.get_pruning_group(model.proj, tp.prune_linear_out_channels, [1])
+    assert DG.check_pruning_group(group)  # the trace alone cannot see the literal 4: only running tells
+    with pytest.raises(tp.ModelStopsRunningError, match=r"no longer runs on the example inputs \(RuntimeError: shape"):
+        group.prune()
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert model.proj.out_features == 16 and model(x).shape == (2, 3) and DG.pruning_history() == []
+
+
+def test_verify_prunes_off_lets_the_prune_through() -> None:
+    model = LiteralView()
+    x = torch.randn(2, 16)
+    DG = tp.DependencyGraph().build_dependency(model, x, verify_prunes=False)
+    DG.get_pruning_group(model.proj, tp.prune_linear_out_channels, [1]).prune()
+    assert model.proj.out_features == 12  # pruned: one position in each of the four traced heads
+    with pytest.raises(RuntimeError, match="invalid for input of size"):
+        model(x)
