@@ -62,6 +62,10 @@ def reshape(ctx, op, args, kwargs, out) -> None:
     if ids is None:
         return
     sizes = list(args[1]) if len(args) > 1 and isinstance(args[1], (list, tuple)) else []
+    for d in range(out.dim()):  # a size the code gave (not -1) along channels may be a literal
+        if _varies(ids, d) and not (d < len(sizes) and sizes[d] == -1):
+            ctx.sized_by_code(ids)
+            break
     for _, outs in _dim_groups(list(args[0].shape), list(out.shape)):
         varying = [d for d in outs if _varies(ids, d)]
         free = [d for d in outs if d < len(sizes) and sizes[d] == -1]
@@ -74,6 +78,14 @@ def reshape(ctx, op, args, kwargs, out) -> None:
         for d in varying:
             if d != keep_free:
                 ctx.couple_along(ids, d)
+
+
+def expanding(ctx, op, args, kwargs, out) -> None:
+    """expand(sizes): channels along a dimension given a size (not -1) by the code may meet a literal."""
+    replay(ctx, op, args, kwargs, out)
+    ids, sizes = ctx.ids(out), list(args[1])
+    if any(_varies(ids, d) and sizes[d] != -1 for d in range(out.dim())):
+        ctx.sized_by_code(ids)
 
 
 def _pin(ctx, source, dim: int) -> None:
@@ -129,6 +141,7 @@ def splitting(ctx, op, args, kwargs, out) -> None:
     if fixed_sizes or len(set(pieces)) != 1 or sum(pieces) != x.shape[dim]:
         _pin(ctx, x, dim)
         return
+    ctx.sized_by_code(ids)  # split(x, size): the size may be a literal rather than chunk's width // n
     moved = ids.movedim(dim, 0)
     grid = moved.reshape(len(pieces), pieces[0], *moved.shape[1:])
     ctx.couple(grid[1:], grid[:1])
@@ -161,12 +174,13 @@ def concat(ctx, op, args, kwargs, out) -> None:
 @hookimpl(trylast=True)
 def pruneframe_op_handlers(register):
     register(
-        [aten.permute, aten.transpose, aten.t, aten.expand, aten.unsqueeze, aten.squeeze, aten.repeat,
+        [aten.permute, aten.transpose, aten.t, aten.unsqueeze, aten.squeeze, aten.repeat,
          aten.repeat_interleave, aten.flip, aten.roll, aten.pixel_shuffle, aten.pixel_unshuffle,
-         aten.unfold, aten.movedim, aten.swapaxes, aten.expand_copy, aten.permute_copy, aten.squeeze_copy,
+         aten.unfold, aten.movedim, aten.swapaxes, aten.permute_copy, aten.squeeze_copy,
          aten.unsqueeze_copy, aten.transpose_copy],
         replay, name="move",
     )
+    register([aten.expand, aten.expand_copy], expanding, name="expand")
     register([aten.view, aten._unsafe_view, aten.reshape, aten._reshape_alias, aten.view_copy], reshape, name="reshape")
     register([aten.cat, aten.stack, aten.concat, aten.concatenate], concat, name="concat")
     register([aten.slice, aten.slice_copy], slicing, name="slice")

@@ -59,23 +59,24 @@ class ComponentIndex:
 
 def resolve_slice_ties(n_ids: int, edges: torch.Tensor, ties: list[tuple[torch.Tensor, list[torch.Tensor]]],
                        unmovable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Join slices that exist only together, once the couplings ``edges`` are known.
+    """Components of ``edges`` once slices that exist only together are joined.
 
     Each tie is ``(slice_ids, sides)``: slice ``p`` (id ``slice_ids[p]``) exists
     while row ``p`` of every side (a ``(P, k)`` id tensor) does. A side's row
     lying in one component vanishes with exactly that component, so the slice
     joins it; a row spread over several components, or holding a constant
-    (negative id) or an id in ``unmovable`` (blocked), never vanishes by one
-    prune, so its slice, and whatever joined it, must stay. Joining can put a
-    row into one component that was spread before, so this repeats until
+    (negative id) or an id in ``unmovable`` (reasons to keep), never vanishes by
+    one prune, so its slice, and whatever joined it, must stay. Joining can put
+    a row into one component that was spread before, so this repeats until
     nothing changes; slice ids can sit in other ties' rows (a product of
     products).
 
-    Returns the extra coupling edges (2 x E) and the slice ids that must stay.
+    Returns every id's component root (as ``connected_components``) and the
+    slice ids that must stay.
     """
-    empty = torch.empty(2, 0, dtype=torch.long)
+    roots = connected_components(n_ids, edges)
     if not ties:
-        return empty, torch.empty(0, dtype=torch.long)
+        return roots, torch.empty(0, dtype=torch.long)
     member_ids, keys, key_slice = [], [], []
     n_keys = 0
     for slice_ids, sides in ties:
@@ -86,14 +87,12 @@ def resolve_slice_ties(n_ids: int, edges: torch.Tensor, ties: list[tuple[torch.T
             key_slice.append(slice_ids)
             n_keys += rows
     ids, key, key_slice_ids = torch.cat(member_ids), torch.cat(keys), torch.cat(key_slice)
-    stuck = torch.zeros(n_keys, dtype=torch.bool)
     bad = ids < 0
     bad[~bad] = unmovable[ids[~bad]]
-    stuck.scatter_reduce_(0, key, bad, reduce="amax")
+    stuck = torch.zeros(n_keys, dtype=torch.bool).scatter_reduce_(0, key, bad, reduce="amax")
     safe_ids = ids.clamp(min=0)
-    added = [empty]
+    everyone = torch.arange(n_ids)
     while True:
-        roots = connected_components(n_ids, torch.cat([edges, *added], 1))
         r = roots[safe_ids]
         low = torch.full((n_keys,), n_ids, dtype=torch.long).scatter_reduce_(0, key, r, reduce="amin")
         high = torch.full((n_keys,), -1, dtype=torch.long).scatter_reduce_(0, key, r, reduce="amax")
@@ -101,5 +100,14 @@ def resolve_slice_ties(n_ids: int, edges: torch.Tensor, ties: list[tuple[torch.T
         pending = single & (roots[key_slice_ids] != low)
         if not bool(pending.any()):
             break
-        added.append(torch.stack([key_slice_ids[pending], low[pending]]))
-    return torch.cat(added, 1), torch.unique(key_slice_ids[~single])
+        # the components so far (each id tied to its root) plus the new joins: cheap, the roots are settled
+        joins = torch.stack([roots[key_slice_ids[pending]], low[pending]])
+        roots = connected_components(n_ids, torch.cat([torch.stack([everyone, roots]), joins], 1))
+    return roots, torch.unique(key_slice_ids[~single])
+
+
+def touching(roots: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """A mask of every id whose component holds one of ``ids``."""
+    hit = torch.zeros(roots.numel(), dtype=torch.bool)
+    hit[roots[ids]] = True
+    return hit[roots]

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .components import ComponentIndex, connected_components, resolve_slice_ties
+from .components import ComponentIndex, resolve_slice_ties, touching
 from .errors import PruningError
 from .group import Dependency, Group, GroupItem, IndexMapping, PruneRecord, function_name
 from .layer_pruner import validate_idxs
@@ -92,16 +92,21 @@ class DependencyGraph:
         unwrapped_parameters: Iterable[tuple[nn.Parameter, int]] | None = None,
         customized_pruners: dict[type, Any] | None = None,
         verbose: bool = True,
-        verify_prunes: bool = True,
+        verify_prunes: bool | str = "auto",
     ) -> "DependencyGraph":
         """Trace ``model`` on ``example_inputs`` (a tensor, a tuple/list of positional inputs, or a dict of keyword inputs).
 
-        With ``verify_prunes`` (the default) every ``Group.prune()`` ends by running the model once more on the
-        example inputs (shapes only where possible) and undoes the prune if it no longer runs: sizes that the
-        model's code fixes, which no trace can see, then refuse the prune instead of breaking the model.
+        ``verify_prunes`` decides when ``Group.prune()`` ends by running the model once more on the example inputs
+        (shapes only where possible), undoing the prune if it no longer runs: sizes the model's code fixes (a
+        literal in a view, expand or split) are invisible to any trace, so such a prune is refused instead of
+        breaking the model. ``"auto"`` (the default) runs it for prunes of channels that met an op whose sizes
+        the code passed in; ``"always"`` (or True) after every prune; ``"never"`` (or False) not at all.
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"build_dependency takes an nn.Module, not {type(model).__name__}")
+        modes = {"auto": "auto", "always": "always", "never": "never", True: "always", False: "never"}
+        if not isinstance(verify_prunes, (bool, str)) or verify_prunes not in modes:
+            raise ValueError(f"verify_prunes={verify_prunes!r}: use 'auto', 'always' (True) or 'never' (False)")
         for layer_type, pruner in (customized_pruners or {}).items():
             self.register_customized_layer(layer_type, pruner)
         unwrapped = []
@@ -110,7 +115,7 @@ class DependencyGraph:
                 raise TypeError(f"unwrapped_parameters takes (parameter, dim) pairs, not {item!r}")
             unwrapped.append((item[0], int(item[1])))
         self.model = model
-        self._example = (example_inputs, forward_fn, verify_prunes)
+        self._example = (example_inputs, forward_fn, modes[verify_prunes])
         self.ignored_layers = list(ignored_layers or ())
         self._history = []
         self._trace = trace(model, example_inputs, self.registry, self._customized, forward_fn, output_transform, unwrapped)
@@ -157,21 +162,25 @@ class DependencyGraph:
         is_reason[list(reasons)] = True
         blocking = is_reason[edges[0]] | is_reason[edges[1]]
         coupling = edges[:, ~blocking]
-        tie_edges, kept_slices = resolve_slice_ties(n_ids, coupling, self._trace.ties, is_reason)
-        coupling = torch.cat([coupling, tie_edges], 1)
+        self._roots, kept_slices = resolve_slice_ties(n_ids, coupling, self._trace.ties, is_reason)
         reason_edges = edges[:, blocking]
         if kept_slices.numel():
             reason = ("the slices of a product they belong to (e.g. an attention head of q, k and v) "
                       "could vanish in one operand only")
             reason_id, n_ids = n_ids, n_ids + 1
             reasons[reason_id] = reason
-            reason_edges = torch.cat([reason_edges, torch.stack([kept_slices, torch.full_like(kept_slices, reason_id)]),
-                                      torch.tensor([[reason_id], [0]])], 1)
+            self._roots = torch.cat([self._roots, torch.tensor([reason_id])])
+            reason_edges = torch.cat([reason_edges, torch.stack([kept_slices, torch.full_like(kept_slices, reason_id)])], 1)
         self._reasons = reasons
         self._reason_edges = reason_edges
-        self._roots = connected_components(n_ids, coupling)
-        self._blocked = connected_components(n_ids, torch.cat([coupling, reason_edges], 1)) == 0
+        # Every reason to keep channels is blocked; so is every component tied to one.
+        is_reason = torch.cat([is_reason, torch.ones(n_ids - is_reason.numel(), dtype=torch.bool)])
+        ends = reason_edges.flatten()
+        self._blocked = touching(self._roots, ends[~is_reason[ends]]) | is_reason
         self._components = ComponentIndex(self._roots)
+        self._sized_by_code = torch.zeros(n_ids, dtype=torch.bool)
+        if self._trace.sized_by_code.numel():  # a prune that moves any of these, moves all of their component
+            self._sized_by_code = touching(self._roots, self._trace.sized_by_code)
         self._owned = torch.zeros(n_ids, dtype=torch.bool)
         for space in self._trace.spaces:
             self._owned[space.base:space.base + space.size] = True
@@ -357,10 +366,12 @@ class DependencyGraph:
                     "the model was changed outside this graph. Call build_dependency again."
                 )
 
-    def _still_runs(self) -> str | None:
-        """None if the model still runs on the example inputs (or checking is off), else why not."""
-        inputs, forward_fn, verify = self._example
-        if not verify or self.model is None:
+    def _still_runs(self, ids: torch.Tensor) -> str | None:
+        """None if the model still runs on the example inputs (or needs no check after pruning ``ids``), else why not."""
+        inputs, forward_fn, mode = self._example
+        if mode == "never" or self.model is None:
+            return None
+        if mode == "auto" and not bool(self._sized_by_code[ids].any()):
             return None
         return runs(self.model, inputs, forward_fn, shapes_only=self._require_trace().mode == "shapes")
 

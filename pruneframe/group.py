@@ -189,7 +189,7 @@ class Group:
                     "pruneframe.layer_pruner.select_), never modify them, or no failed prune can be undone. Shapes and "
                     "attributes were restored, but the values it overwrote cannot be; fix the pruner."
                 )
-        broken = self._graph._still_runs()
+        broken = self._graph._still_runs(torch.cat([space.base + traced for space, traced in self._members]))
         if broken is not None:
             snapshot.restore()
             raise ModelStopsRunningError(

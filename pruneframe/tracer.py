@@ -118,6 +118,17 @@ class OpContext:
         """
         return self._r.tie_slices(labels, shape, dims)
 
+    def sized_by_code(self, ids: torch.Tensor | None) -> None:
+        """Channels in ``ids`` met an op whose sizes the model's code passed in (a view, an expand, a split).
+
+        If the code computed those sizes from the tensor, a prune follows; if it
+        wrote a literal, the prune breaks the model, and no trace can tell which.
+        A prune touching such channels is checked by running the model once
+        more on the example inputs (``build_dependency(verify_prunes=...)``).
+        """
+        if ids is not None:
+            self._r.sized_by_code(ids)
+
     def block(self, ids: torch.Tensor | None, reason: str) -> None:
         """Channels in ``ids`` are never pruned, because of ``reason``."""
         if ids is not None:
@@ -176,6 +187,7 @@ class TraceResult:
     unsupported_ops: dict[str, int]
     mode: str = "real"  # "shapes": traced on fake tensors; "real": on the example inputs themselves
     ties: list[tuple[torch.Tensor, list[torch.Tensor]]] = attrs.Factory(list)  # (slice ids (P,), per operand (P, k) ids)
+    sized_by_code: torch.Tensor = attrs.Factory(lambda: torch.empty(0, dtype=torch.long))  # ids that met code-given sizes
 
 
 class NeedsRealValues(Exception):
@@ -215,6 +227,7 @@ class _Recorder(TorchDispatchMode):
         self.storage_users: dict[int, list[torch.Tensor]] = {}
         self.edges: list[torch.Tensor] = []
         self.ties: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+        self.code_sized: list[torch.Tensor] = []
         self.reasons: dict[int, str] = {}
         self._reason_ids: dict[str, int] = {}
         self.unsupported_ops: dict[str, int] = {}
@@ -300,6 +313,11 @@ class _Recorder(TorchDispatchMode):
         self.ties.append((virtual, sides))
         view = [shape[d] if d in dims else 1 for d in range(ndim)]
         return virtual.view(view)
+
+    def sized_by_code(self, ids: torch.Tensor) -> None:
+        ids = ids[ids > 0].flatten()
+        if ids.numel():
+            self.code_sized.append(ids)
 
     def reason_id(self, reason: str) -> int:
         """An id standing for one reason to keep channels; it is blocked, and so is everything tied to it."""
@@ -547,7 +565,8 @@ def trace(
         )
     edges = torch.cat(recorder.edges, dim=1) if recorder.edges else torch.empty(2, 0, dtype=torch.long)
     return TraceResult(recorder.nodes, recorder.spaces, recorder.next_id, edges, recorder.reasons, recorder.unsupported_ops,
-                       "shapes" if recorder.shapes_only else "real", recorder.ties)
+                       "shapes" if recorder.shapes_only else "real", recorder.ties,
+                       torch.unique(torch.cat(recorder.code_sized)) if recorder.code_sized else torch.empty(0, dtype=torch.long))
 
 
 def _record(model: nn.Module, example_inputs: Any, registry: Registry, leaves: dict[nn.Module, Node],

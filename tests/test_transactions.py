@@ -247,11 +247,37 @@ def test_a_prune_the_model_cannot_run_with_is_undone(monkeypatch, trace_mode) ->
     assert model.proj.out_features == 16 and model(x).shape == (2, 3) and DG.pruning_history() == []
 
 
-def test_verify_prunes_off_lets_the_prune_through() -> None:
+@pytest.mark.parametrize("off", [False, "never"])
+def test_verify_prunes_off_lets_the_prune_through(off) -> None:
     model = LiteralView()
     x = torch.randn(2, 16)
-    DG = tp.DependencyGraph().build_dependency(model, x, verify_prunes=False)
+    DG = tp.DependencyGraph().build_dependency(model, x, verify_prunes=off)
     DG.get_pruning_group(model.proj, tp.prune_linear_out_channels, [1]).prune()
     assert model.proj.out_features == 12  # pruned: one position in each of the four traced heads
     with pytest.raises(RuntimeError, match="invalid for input of size"):
         model(x)
+
+
+def test_prunes_are_run_only_where_the_code_gave_sizes(monkeypatch) -> None:
+    """"auto" runs the model after a prune whose channels met a view; a plain conv stack needs no run."""
+    calls = []
+    real_runs = tp.graph.runs
+    monkeypatch.setattr(tp.graph, "runs", lambda *a, **k: calls.append(1) or real_runs(*a, **k))
+    convs = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    DG = tp.DependencyGraph().build_dependency(convs, torch.randn(1, 3, 8, 8))
+    DG.get_pruning_group(convs[0], tp.prune_conv_out_channels, [1]).prune()
+    assert calls == []
+    DG = tp.DependencyGraph().build_dependency(convs, torch.randn(1, 3, 8, 8), verify_prunes="always")
+    DG.get_pruning_group(convs[0], tp.prune_conv_out_channels, [2]).prune()
+    assert calls == [1]
+    model = LiteralView()
+    DG = tp.DependencyGraph().build_dependency(model, torch.randn(2, 16))
+    with pytest.raises(tp.ModelStopsRunningError):
+        DG.get_pruning_group(model.proj, tp.prune_linear_out_channels, [1]).prune()
+    assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("bad", ["sometimes", 1, None])
+def test_verify_prunes_rejects_unknown_modes(bad) -> None:
+    with pytest.raises(ValueError, match="verify_prunes"):
+        tp.DependencyGraph().build_dependency(nn.Linear(2, 2), torch.randn(1, 2), verify_prunes=bad)
