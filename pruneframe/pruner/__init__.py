@@ -1,6 +1,11 @@
-"""Pruners: ``BasePruningFunc`` for one layer type (high-level pruners build on the graph)."""
+"""Pruners: ``BasePruningFunc`` for one layer type, and ``MetaPruner`` for a whole model."""
 from __future__ import annotations
 
 from ..layer_pruner import BasePruningFunc, DeclarativeLayerPruner, LayerPruner
+from .meta_pruner import MetaPruner, linear_scheduler
 
-__all__ = ["BasePruningFunc", "DeclarativeLayerPruner", "LayerPruner"]
+BasePruner = MetaPruner  # Torch-Pruning's names for the same pruner
+MagnitudePruner = MetaPruner
+
+__all__ = ["BasePruner", "BasePruningFunc", "DeclarativeLayerPruner", "LayerPruner", "MagnitudePruner", "MetaPruner",
+           "linear_scheduler"]

@@ -1,0 +1,387 @@
+"""``MetaPruner``: prune a whole model to a target ratio, ranked by an importance criterion.
+
+One step works group by group (``DependencyGraph.get_all_groups``). In each group
+the root layer's prunable channels are cut into *blocks* — channels that can
+only go together: tied inside the root by the trace (grouped convolutions,
+whole attention heads), by the user's ``out_channel_groups`` or, with
+``num_heads``, by head. A block's score is the mean importance of its channels.
+Blocks are then ranked inside a *scope*: each group alone (local pruning), all
+groups together (``global_pruning``), groups of the same shape together
+(``isomorphic``), or the layers of one ``pruning_ratio_dict`` entry together;
+the lowest-scoring blocks go until each root layer (or the scope) reaches the
+step's target ratio of its *original* width.
+
+Chosen channels are kept as traced positions, so pruning one group never
+shifts the indices chosen for another.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import attrs
+import torch
+from torch import nn
+
+from ..errors import PruningError
+from ..graph import DependencyGraph, channel_kind
+from ..group import Group
+
+
+def linear_scheduler(pruning_ratio: float, steps: int) -> list[float]:
+    """Ratios after each of ``steps`` steps growing linearly to ``pruning_ratio``, starting from 0 (``steps + 1`` values)."""
+    return [pruning_ratio * i / steps for i in range(steps + 1)]
+
+
+DEFAULT_ROOTS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.rnn.RNNBase)
+
+
+@attrs.define(eq=False)
+class _Candidate:
+    """One group of one step: its root layer, its blocks (traced positions) and their scores."""
+
+    root: Any
+    trigger: Callable[..., Any]
+    space: Any  # the root layer's channel Space
+    blocks: list[torch.Tensor]  # traced positions in the root layer, one tensor per block
+    scores: torch.Tensor  # one per block
+    original: int  # the root layer's channels before the first step
+    ratio: float  # this step's target ratio for the root layer
+    scope: str
+
+
+class MetaPruner:
+    """Prune ``model`` with ``importance`` to ``pruning_ratio`` of its channels, in ``iterative_steps`` steps.
+
+    Arguments follow Torch-Pruning's ``MetaPruner`` (``BasePruner``); see the module docstring for how
+    channels are ranked. ``step()`` prunes; ``step(interactive=True)`` yields each ``Group`` for the
+    caller to prune (``group.prune()``), inspect or skip.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        importance: Callable[[Group], torch.Tensor],
+        global_pruning: bool = False,
+        pruning_ratio: float = 0.5,
+        pruning_ratio_dict: dict[Any, float] | None = None,
+        max_pruning_ratio: float = 1.0,
+        iterative_steps: int = 1,
+        iterative_pruning_ratio_scheduler: Callable[[float, int], Sequence[float]] = linear_scheduler,
+        ignored_layers: Iterable[nn.Module] | None = None,
+        round_to: int | None = None,
+        isomorphic: bool = False,
+        in_channel_groups: dict[nn.Module, int] | None = None,
+        out_channel_groups: dict[nn.Module, int] | None = None,
+        num_heads: dict[nn.Module, int] | None = None,
+        prune_num_heads: bool = False,
+        prune_head_dims: bool = True,
+        head_pruning_ratio: float = 0.0,
+        head_pruning_ratio_dict: dict[nn.Module, float] | None = None,
+        customized_pruners: dict[type, Any] | None = None,
+        unwrapped_parameters: Any = None,
+        root_module_types: Iterable[type] = DEFAULT_ROOTS,
+        forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+        output_transform: Callable[[Any], Any] | None = None,
+        channel_groups: dict[nn.Module, int] | None = None,
+        ch_sparsity: float | None = None,
+        ch_sparsity_dict: dict[Any, float] | None = None,
+        verify_prunes: bool | str = "auto",
+    ):
+        if ch_sparsity is not None:  # Torch-Pruning's older names
+            warnings.warn("ch_sparsity is deprecated: use pruning_ratio", DeprecationWarning, stacklevel=2)
+            pruning_ratio = ch_sparsity
+        if ch_sparsity_dict is not None:
+            warnings.warn("ch_sparsity_dict is deprecated: use pruning_ratio_dict", DeprecationWarning, stacklevel=2)
+            pruning_ratio_dict = ch_sparsity_dict
+        _check_ratio("pruning_ratio", pruning_ratio)
+        _check_ratio("max_pruning_ratio", max_pruning_ratio, allow_one=True)
+        _check_ratio("head_pruning_ratio", head_pruning_ratio)
+        if not isinstance(iterative_steps, int) or iterative_steps < 1:
+            raise ValueError(f"iterative_steps={iterative_steps!r}: it must be a positive int")
+        if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+            raise ValueError(f"round_to={round_to!r}: it must be a positive int or None")
+        if not callable(importance):
+            raise TypeError(f"importance must be callable (group -> scores), not {type(importance).__name__}")
+
+        self.model = model
+        self.example_inputs = example_inputs
+        self.importance = importance
+        self.global_pruning = global_pruning
+        self.isomorphic = isomorphic
+        self.pruning_ratio = pruning_ratio
+        self.max_pruning_ratio = max_pruning_ratio
+        self.iterative_steps = iterative_steps
+        self.round_to = round_to
+        self.ignored_layers = list(ignored_layers or [])
+        self.root_module_types = tuple(root_module_types)
+        self.out_channel_groups = {**(channel_groups or {}), **(out_channel_groups or {})}
+        self.in_channel_groups = dict(in_channel_groups or {})
+        self.num_heads = dict(num_heads or {})
+        self.prune_num_heads = prune_num_heads
+        self.prune_head_dims = prune_head_dims
+        self.current_step = 0
+
+        self.per_step_pruning_ratio = _schedule(iterative_pruning_ratio_scheduler, pruning_ratio, iterative_steps)
+        self.per_step_head_pruning_ratio = _schedule(iterative_pruning_ratio_scheduler, head_pruning_ratio, iterative_steps)
+        # pruning_ratio_dict: a module, or a tuple of modules ranked together as one scope
+        self.pruning_ratio_dict: dict[nn.Module, list[float]] = {}
+        self._layer_scope: dict[nn.Module, str] = {}
+        for key, ratio in (pruning_ratio_dict or {}).items():
+            _check_ratio(f"pruning_ratio_dict[{key!r}]", ratio)
+            modules = key if isinstance(key, (tuple, list)) else (key,)
+            scope = f"ratio-dict-{len(self._layer_scope)}"
+            for m in modules:
+                if not isinstance(m, nn.Module):
+                    raise TypeError(f"pruning_ratio_dict keys are modules or tuples of modules, not {type(m).__name__}")
+                self.pruning_ratio_dict[m] = _schedule(iterative_pruning_ratio_scheduler, ratio, iterative_steps)
+                self._layer_scope[m] = scope
+        self.head_pruning_ratio_dict = {
+            m: _schedule(iterative_pruning_ratio_scheduler, r, iterative_steps) for m, r in (head_pruning_ratio_dict or {}).items()
+        }
+
+        self.DG = DependencyGraph().build_dependency(
+            model, example_inputs, forward_fn=forward_fn, output_transform=output_transform,
+            unwrapped_parameters=_parameter_pairs(unwrapped_parameters), customized_pruners=customized_pruners,
+            verify_prunes=verify_prunes,
+        )
+        self.DG.ignored_layers = []
+        # Widths before any step: targets are ratios of these, so iterative steps do not compound.
+        self._original: dict[nn.Module, int] = {}
+        for module, node in self.DG.module2node.items():
+            if node.out_space is not None:
+                self._original[module] = node.out_space.size
+
+    # --- public API ---------------------------------------------------------------------
+    def step(self, interactive: bool = False) -> Iterator[Group] | None:
+        """Prune one step; with ``interactive`` return a generator of the groups instead (prune them yourself)."""
+        self.current_step += 1
+        if interactive:
+            return self._groups_to_prune()
+        for group in self._groups_to_prune():
+            group.prune()
+        return None
+
+    def estimate_importance(self, group: Group) -> torch.Tensor:
+        return self.importance(group)
+
+    def get_target_pruning_ratio(self, module: nn.Module, step: int | None = None) -> float:
+        step = self.current_step if step is None else step
+        return min(self.pruning_ratio_dict.get(module, self.per_step_pruning_ratio)[step], self.max_pruning_ratio)
+
+    def get_target_head_pruning_ratio(self, module: nn.Module, step: int | None = None) -> float:
+        step = self.current_step if step is None else step
+        return min(self.head_pruning_ratio_dict.get(module, self.per_step_head_pruning_ratio)[step], 1.0)
+
+    def pruning_history(self) -> list:
+        return self.DG.pruning_history()
+
+    def reset(self) -> None:
+        self.current_step = 0
+
+    def update_regularizer(self) -> None:
+        """Sparse-training pruners refresh their groups here; the plain pruner has none."""
+
+    def regularize(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
+        """Sparse-training pruners add their penalty's gradient here; the plain pruner adds none."""
+
+    # --- one step ------------------------------------------------------------------------
+    def _groups_to_prune(self) -> Iterator[Group]:
+        if self.current_step > self.iterative_steps:
+            warnings.warn(f"step {self.current_step} is past iterative_steps={self.iterative_steps}: nothing is pruned",
+                          stacklevel=3)
+            return
+        candidates = [c for c in (self._candidate(g) for g in self._all_groups()) if c is not None]
+        by_scope: dict[str, list[_Candidate]] = {}
+        for c in candidates:
+            by_scope.setdefault(c.scope, []).append(c)
+        chosen: list[tuple[_Candidate, torch.Tensor]] = []
+        for scope, members in by_scope.items():
+            if len(members) == 1 or scope.startswith("local"):
+                for c in members:
+                    chosen.append((c, self._choose_local(c)))
+            else:
+                chosen += self._choose_ranked(members)
+        for c, traced in chosen:
+            if traced.numel() == 0:
+                continue
+            alive = c.space.alive[traced]
+            traced = traced[alive]  # an earlier group of this step may have taken some already
+            if traced.numel() == 0:
+                continue
+            idxs = c.space.current_positions(traced).tolist()
+            group = self.DG.get_pruning_group(c.root, c.trigger, sorted(idxs))
+            problems = group.problems()
+            if problems:
+                warnings.warn(f"skipping a group rooted at {self.DG.module2node[c.root].name}: {'; '.join(problems)}", stacklevel=3)
+                continue
+            yield group
+
+    def _all_groups(self) -> list[Group]:
+        return list(self.DG.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=self.root_module_types))
+
+    def _candidate(self, group: Group) -> _Candidate | None:
+        root_dep = group[0].dep
+        root, trigger = root_dep.target.module, root_dep.trigger
+        node = self.DG.module2node[root]
+        kind = "out" if node.kind == "parameter" else channel_kind(trigger)
+        space = node.space(kind)
+        root_idxs = list(group[0].idxs)
+        scores = self.estimate_importance(group)
+        if scores is None:
+            return None
+        scores = torch.as_tensor(scores, dtype=torch.float64).flatten().cpu()
+        if scores.numel() != len(root_idxs):
+            raise PruningError(
+                f"the importance {type(self.importance).__name__} gave {scores.numel()} scores for a group whose root "
+                f"{node.name} has {len(root_idxs)} prunable channels: it must give one score per root channel"
+            )
+        if not bool(torch.isfinite(scores).all()):
+            raise PruningError(f"the importance {type(self.importance).__name__} gave non-finite scores for {node.name}")
+        score_of = dict(zip(root_idxs, scores.tolist()))
+        blocks = self._blocks(group, root, space, root_idxs)
+        if not blocks:
+            return None
+        traced_blocks = [space.original_positions(torch.as_tensor(b, dtype=torch.long)) for b in blocks]
+        block_scores = torch.tensor([sum(score_of[i] for i in b) / len(b) for b in blocks], dtype=torch.float64)
+        ratio = self.get_target_pruning_ratio(root)
+        return _Candidate(root, trigger, space, traced_blocks, block_scores, self._original.get(root, space.size), ratio,
+                          self._scope_of(group, root, node.name))
+
+    def _blocks(self, group: Group, root: Any, space: Any, root_idxs: list[int]) -> list[list[int]]:
+        """Root channels that can only go together: traced ties, user channel groups, heads."""
+        blocks = group.root_blocks()
+        width = space.current_size
+        tie_every = None  # position j of each of k equal parts goes together
+        whole_parts = None  # each of k equal parts goes whole
+        if root in self.out_channel_groups:
+            tie_every = self.out_channel_groups[root]
+        heads = self.num_heads.get(root)
+        if heads:
+            if self.prune_num_heads and self.get_target_head_pruning_ratio(root) > 0:
+                whole_parts = heads
+            elif self.prune_head_dims:
+                tie_every = heads
+            else:
+                return []  # neither heads nor their widths may change
+        for parts, whole in ((tie_every, False), (whole_parts, True)):
+            if not parts:
+                continue
+            if width % parts:
+                raise ValueError(f"{self.DG.module2node[root].name} has {width} channels, which {parts} groups/heads do not divide")
+            size = width // parts
+            key = (lambda i: i // size) if whole else (lambda i: i % size)
+            blocks = _merge(blocks, key)
+        return blocks
+
+    def _scope_of(self, group: Group, root: Any, name: str) -> str:
+        for dep, _ in group:
+            if dep.target.module in self._layer_scope and channel_kind(dep.handler) == "out":
+                return self._layer_scope[dep.target.module]
+        if self.isomorphic and self.global_pruning:
+            return "iso:" + "|".join(f"{type(d.target.module).__name__}.{channel_kind(d.handler)}" for d, _ in group)
+        if self.global_pruning:
+            return "global"
+        return f"local:{name}"
+
+    def _target_cut(self, c: _Candidate) -> int:
+        """How many of the root's current channels must go for it to reach this step's ratio (rounded)."""
+        current = c.space.current_size
+        keep = c.original - int(c.original * c.ratio)
+        keep = max(keep, math.ceil(c.original * (1 - self.max_pruning_ratio)), 1)
+        if self.round_to:
+            keep = max(self.round_to, keep - keep % self.round_to) if keep >= self.round_to else keep
+        return max(current - keep, 0)
+
+    def _choose_local(self, c: _Candidate) -> torch.Tensor:
+        return _select(c, self._target_cut(c))
+
+    def _choose_ranked(self, members: list[_Candidate]) -> list[tuple[_Candidate, torch.Tensor]]:
+        """Rank the blocks of several groups together; each root still keeps its max_pruning_ratio and one block."""
+        want = sum(self._target_cut(c) for c in members)
+        entries = [(float(score), k, b) for k, c in enumerate(members) for b, score in enumerate(c.scores.tolist())]
+        entries.sort(key=lambda e: e[0])
+        cut = [0] * len(members)
+        limit = []
+        for c in members:
+            floor_keep = max(math.ceil(c.original * (1 - self.max_pruning_ratio)), 1)
+            limit.append(max(c.space.current_size - floor_keep, 0))
+        total = 0
+        for _, k, b in entries:
+            if total >= want:
+                break
+            size = members[k].blocks[b].numel()
+            if total + size > want or cut[k] + size > limit[k]:
+                continue
+            cut[k] += size
+            total += size
+        result = []
+        for k, c in enumerate(members):
+            count = cut[k]
+            if self.round_to and count:
+                keep = c.space.current_size - count
+                if keep > self.round_to and keep % self.round_to:
+                    count = min(count + keep % self.round_to, limit[k])  # a kept width that is a multiple of round_to
+            result.append((c, _select(c, count)))
+        return result
+
+
+def _select(c: _Candidate, want: int) -> torch.Tensor:
+    """The lowest-scoring blocks of ``c`` whose sizes add up to at most ``want`` (traced positions)."""
+    taken, total = [], 0
+    for b in torch.argsort(c.scores, stable=True).tolist():
+        size = c.blocks[b].numel()
+        if total + size > want:
+            continue
+        taken.append(c.blocks[b])
+        total += size
+    return torch.cat(taken) if taken else torch.empty(0, dtype=torch.long)
+
+
+def _merge(blocks: list[list[int]], key: Callable[[int], int]) -> list[list[int]]:
+    """Join blocks that share a key (union-find over the blocks)."""
+    parent = list(range(len(blocks)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[int, int] = {}
+    for b, block in enumerate(blocks):
+        for i in block:
+            k = key(i)
+            if k in first:
+                ra, rb = find(first[k]), find(b)
+                if ra != rb:
+                    parent[rb] = ra
+            else:
+                first[k] = b
+    merged: dict[int, list[int]] = {}
+    for b, block in enumerate(blocks):
+        merged.setdefault(find(b), []).extend(block)
+    return [sorted(v) for v in merged.values()]
+
+
+def _schedule(scheduler: Callable[[float, int], Sequence[float]], ratio: float, steps: int) -> list[float]:
+    values = list(scheduler(ratio, steps))
+    if len(values) != steps + 1:
+        raise ValueError(f"the pruning ratio scheduler gave {len(values)} ratios for {steps} steps; it must give steps + 1, from 0")
+    return [float(v) for v in values]
+
+
+def _check_ratio(name: str, value: Any, allow_one: bool = False) -> None:
+    if not isinstance(value, (int, float)) or not (0.0 <= value < 1.0 or (allow_one and value == 1.0)):
+        raise ValueError(f"{name}={value!r}: it must be a number in [0, 1{']' if allow_one else ')'}")
+
+
+def _parameter_pairs(unwrapped: Any) -> list[tuple[nn.Parameter, int]] | None:
+    """Torch-Pruning takes a dict {parameter: dim} or a list of (parameter, dim) pairs."""
+    if unwrapped is None:
+        return None
+    if isinstance(unwrapped, dict):
+        return list(unwrapped.items())
+    return list(unwrapped)
