@@ -85,3 +85,22 @@ def pruneframe_fixups(register: RegisterFixup) -> None:
     each module of those types in its model, inside the prune's transaction (if
     it raises, the prune is undone).
     """
+
+
+class RegisterImportance(Protocol):
+    def __call__(self, name: str, factory: Callable[..., Any], *, aliases: Iterable[str] = ()) -> None: ...
+
+
+@hookspec
+def pruneframe_importances(register: RegisterImportance) -> None:
+    """Register importance criteria by name: what ranks channels for pruning.
+
+    Called once, when plugins are loaded. ``register(name, factory,
+    aliases=...)`` makes ``factory`` (a ``pruneframe.importance.Importance``
+    subclass, or any callable returning a criterion) available as
+    ``registry.importance(name)`` and ``pruneframe.importance.from_name(name,
+    **kwargs)``, under ``name`` and each of ``aliases``. A criterion is called
+    on a ``pruneframe.Group`` and returns one score per root index of the
+    group. When two plugins register one name, a third-party plugin's wins
+    over a built-in's.
+    """

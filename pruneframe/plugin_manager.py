@@ -80,6 +80,28 @@ class ModuleHookEntry:
     builtin: bool
 
 
+@attrs.frozen
+class ImportanceEntry:
+    """An importance criterion as a plugin registered it: a factory, under a name and its aliases."""
+
+    name: str
+    factory: Callable[..., Any]
+    aliases: tuple[str, ...] = attrs.field(converter=tuple)
+    plugin: str
+    builtin: bool
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+class UnknownImportanceError(KeyError, ValueError):
+    """No loaded plugin registered an importance criterion of this name."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
 def _env_names(var: str) -> set[str] | None:
     raw = os.environ.get(var, "").strip()
     return {n.strip() for n in raw.split(",") if n.strip()} if raw else None
@@ -98,10 +120,17 @@ class Registry:
     """Everything the loaded plugins registered, with precedence-aware lookups."""
 
     def __init__(self, plugins: list[PluginInfo], layer_pruners: list[LayerPrunerEntry], op_handlers: list[OpHandlerEntry],
-                 hints: list[ModuleHookEntry] = (), fixups: list[ModuleHookEntry] = ()):
+                 hints: list[ModuleHookEntry] = (), fixups: list[ModuleHookEntry] = (),
+                 importances: list[ImportanceEntry] = ()):
         self.plugins = plugins
         self.hints = list(hints)
         self.fixups = list(fixups)
+        # third-party plugins first; within a tier the plugin loaded first keeps a name, as for layer types
+        self.importances = sorted(importances, key=lambda e: e.builtin)
+        self._importance_by_name: dict[str, ImportanceEntry] = {}
+        for entry in self.importances:
+            for importance_name in entry.names:
+                self._importance_by_name.setdefault(importance_name, entry)
         # third-party plugins first, so they override built-ins of the same type
         self.layer_pruners = sorted(layer_pruners, key=lambda e: e.builtin)
         self.op_handlers = sorted(op_handlers, key=lambda e: e.builtin)
@@ -165,6 +194,25 @@ class Registry:
     def functional(self, name: str) -> Callable[..., Any] | None:
         return self._functional.get(name)
 
+    def importance(self, name: str) -> Callable[..., Any]:
+        """The factory of the importance criterion registered as ``name`` (third-party before built-in)."""
+        return self.importance_entry(name).factory
+
+    def importance_entry(self, name: str) -> ImportanceEntry:
+        """The registration behind ``name``: factory, aliases, and the plugin that made it."""
+        entry = self._importance_by_name.get(name) if isinstance(name, str) else None
+        if entry is None:
+            known = ", ".join(self.importance_names()) or "none (no plugin registers importances)"
+            raise UnknownImportanceError(
+                f"no importance criterion is registered as {name!r}. Known: {known}. Install the plugin that "
+                "provides it, or register one with the pruneframe_importances hook."
+            )
+        return entry
+
+    def importance_names(self) -> list[str]:
+        """Every registered importance name and alias, sorted."""
+        return sorted(self._importance_by_name)
+
     def describe(self) -> list[dict[str, Any]]:
         """What ``pruneframe plugins`` prints: one dict per plugin."""
         out = []
@@ -183,6 +231,7 @@ class Registry:
             functional = sorted(
                 f"prune_{e.name}_{kind}_channels" for e in self.layer_pruners if e.plugin == info.name and e.name for kind in ("out", "in")
             )
+            importance_names = sorted(n for e in self.importances if e.plugin == info.name for n in e.names)
             out.append(
                 {
                     "name": info.name,
@@ -194,6 +243,7 @@ class Registry:
                     "module_types": layers,
                     "ops": ops,
                     "functions": functional,
+                    "importances": importance_names,
                 }
             )
         return out
@@ -252,12 +302,13 @@ def _load_entry_points() -> list[tuple[str, str, str, Any]]:
     return loaded
 
 
-def _collect(pm: pluggy.PluginManager, name: str, module: Any, builtin: bool) -> tuple[list, list, list, list]:
-    """Call one plugin's hooks and return what it registered: layer pruners, op handlers, hints, fix-ups."""
+def _collect(pm: pluggy.PluginManager, name: str, module: Any, builtin: bool) -> tuple[list, list, list, list, list]:
+    """Call one plugin's hooks and return what it registered: layer pruners, op handlers, hints, fix-ups, importances."""
     layers: list[LayerPrunerEntry] = []
     ops_: list[OpHandlerEntry] = []
     hints: list[ModuleHookEntry] = []
     fixups: list[ModuleHookEntry] = []
+    importances: list[ImportanceEntry] = []
 
     def register_layer(pruner: Any, module_types: Iterable[type] = (), *, name: str | None = None) -> None:
         types = tuple(module_types)
@@ -283,18 +334,30 @@ def _collect(pm: pluggy.PluginManager, name: str, module: Any, builtin: bool) ->
             target.append(ModuleHookEntry(tuple(module_types), function, name, plugin_name, builtin))
         return register
 
+    def register_importance(name: str, factory: Callable[..., Any], *, aliases: Iterable[str] = ()) -> None:
+        if isinstance(aliases, str):
+            raise TypeError(f"aliases of importance {name!r} must be a list of names, not the string {aliases!r}")
+        aliases = tuple(aliases)
+        for given in (name, *aliases):
+            if not isinstance(given, str) or not given:
+                raise TypeError(f"importance names must be non-empty strings, not {given!r}")
+        if not callable(factory):
+            raise TypeError(f"the factory of importance {name!r} must be callable (an Importance class), not {factory!r}")
+        importances.append(ImportanceEntry(name, factory, aliases, plugin_name, builtin))
+
     plugin_name = name
     calls = [
         (pm.hook.pruneframe_module_hints, module_hook(hints)),
         (pm.hook.pruneframe_fixups, module_hook(fixups)),
         (pm.hook.pruneframe_layer_pruners, register_layer),
         (pm.hook.pruneframe_op_handlers, register_op),
+        (pm.hook.pruneframe_importances, register_importance),
     ]
     for caller, register in calls:
         for impl in caller.get_hookimpls():
             if impl.plugin is module:
                 impl.function(register=register)
-    return layers, ops_, hints, fixups
+    return layers, ops_, hints, fixups, importances
 
 
 def build_registry(extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
@@ -319,7 +382,7 @@ def build_registry(extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
     pm.check_pending()  # a misspelt hook name is an error, not a silent no-op
 
     infos: list[PluginInfo] = []
-    entries: tuple[list, list, list, list] = ([], [], [], [])
+    entries: tuple[list, list, list, list, list] = ([], [], [], [], [])
     for name, dist_name, version, module in found:
         builtin = dist_name == BUILTIN_DISTRIBUTION
         try:
