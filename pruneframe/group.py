@@ -8,6 +8,7 @@ import attrs
 import torch
 from torch import nn
 
+from . import plan
 from .errors import ModelStopsRunningError, PruningError
 from .node import Node, Space
 
@@ -203,6 +204,9 @@ class Group:
             space.alive[traced] = False
         if record_history:
             self._graph._history.append(records)
+        if self._graph.model is not None:
+            plan.record(self._graph.model, plan.steps_of(
+                (dep.target, "in" if "in_channels" in function_name(dep.handler) else "out", idxs) for dep, idxs in self._items))
 
     exec = prune
 

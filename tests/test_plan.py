@@ -1,0 +1,121 @@
+"""Save and load pruned models without pickling classes: the pruning plan replays on a fresh model."""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import pruneframe as tp
+from pruneframe.plan import apply_plan, get_plan, plan_from_json, plan_to_json
+from pruneframe.testing import prune_random
+
+
+def pruned(factory, x, ratio=0.4, seed=0, ignored=lambda m: []):
+    torch.manual_seed(seed)
+    model = factory().eval()
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    assert prune_random(ratio=ratio, seed=seed, ignored_layers=ignored)(DG, model) > 0
+    return model
+
+
+def roundtrip(sd):
+    """Through torch.save/torch.load with weights_only=True: no class is pickled."""
+    buffer = io.BytesIO()
+    torch.save(sd, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "densenet121", "vit_b_16"])
+def test_torchvision_models_reload_with_identical_outputs(name) -> None:
+    factory = lambda: torchvision.models.get_model(name, weights=None, **({"image_size": 32} if name == "vit_b_16" else {}))
+    x = torch.randn(1, 3, 32 if name == "vit_b_16" else 64, 32 if name == "vit_b_16" else 64)
+    heads = {"resnet18": "fc", "mobilenet_v3_small": "classifier.3", "densenet121": "classifier", "vit_b_16": "heads.head"}
+    model = pruned(factory, x, ignored=lambda m: [m.get_submodule(heads[name])])
+    sd = roundtrip(tp.state_dict(model))
+    fresh = factory().eval()
+    tp.load_state_dict(fresh, state_dict=sd)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+    assert sum(p.numel() for p in fresh.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_the_plan_is_readable_json_and_replays() -> None:
+    x = torch.randn(1, 3, 32, 32)
+    model = pruned(lambda: torchvision.models.resnet18(weights=None), x, ignored=lambda m: [m.fc])
+    text = plan_to_json(model)
+    data = json.loads(text)
+    assert data["format"] == "pruneframe-pruning-plan" and data["steps"]
+    first = data["steps"][0][0]
+    assert set(first) >= {"layer", "kind", "idxs"} and first["kind"] in ("out", "in")
+    fresh = torchvision.models.resnet18(weights=None)
+    apply_plan(fresh, plan_from_json(text))
+    assert [p.shape for p in fresh.parameters()] == [p.shape for p in model.parameters()]
+
+
+def test_raw_parameters_are_replayed_along_their_dim() -> None:
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 6)
+            self.pos = nn.Parameter(torch.randn(3, 6))
+            self.out = nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.out(self.proj(x) + self.pos)
+
+    torch.manual_seed(0)
+    model = Tokens()
+    x = torch.randn(2, 3, 4)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    DG.get_pruning_group(model.proj, tp.prune_linear_out_channels, [1, 4]).prune()
+    assert get_plan(model)["steps"][0] == [
+        {"layer": "proj", "kind": "out", "idxs": [1, 4]},
+        {"layer": "pos", "kind": "out", "idxs": [1, 4], "dim": 1},
+        {"layer": "out", "kind": "in", "idxs": [1, 4]},
+    ]
+    fresh = Tokens()
+    tp.load_state_dict(fresh, state_dict=tp.state_dict(model))
+    assert fresh.pos.shape == (3, 4) and torch.equal(fresh(x), model(x))
+
+
+def test_a_plan_that_does_not_fit_leaves_the_model_as_it_was() -> None:
+    x = torch.randn(1, 3, 32, 32)
+    model = pruned(lambda: torchvision.models.resnet18(weights=None), x, ignored=lambda m: [m.fc])
+    sd = tp.state_dict(model)
+    other = torchvision.models.resnet34(weights=None)  # resnet18's layer names exist, its weights do not fit
+    small = nn.Sequential(nn.Conv2d(3, 4, 1))  # none of the plan's layers exist
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    with pytest.raises(tp.PruningError, match="has no layer"):
+        tp.load_state_dict(small, state_dict=sd)
+    assert all(torch.equal(v, small.state_dict()[k]) for k, v in before.items())
+    shapes = [p.shape for p in other.parameters()]
+    with pytest.raises(tp.PruningError):
+        tp.load_state_dict(other, state_dict=sd)
+    assert [p.shape for p in other.parameters()] == shapes and not get_plan(other)["steps"]
+
+
+def test_replaying_onto_an_already_pruned_model_is_refused() -> None:
+    x = torch.randn(1, 3, 32, 32)
+    model = pruned(lambda: torchvision.models.resnet18(weights=None), x, ignored=lambda m: [m.fc])
+    with pytest.raises(tp.PruningError, match="already pruned"):
+        tp.load_state_dict(model, state_dict=tp.state_dict(model))
+
+
+def test_bad_plans_are_named() -> None:
+    with pytest.raises(ValueError, match="not a pruneframe pruning plan"):
+        apply_plan(nn.Linear(2, 2), {"steps": []})
+    with pytest.raises(ValueError, match="malformed"):
+        apply_plan(nn.Linear(2, 2), {"format": "pruneframe-pruning-plan", "version": 1, "steps": [[{"layer": "x"}]]})
+    with pytest.raises(TypeError, match="load_state_dict takes"):
+        tp.load_state_dict(nn.Linear(2, 2), state_dict=[1])
+
+
+def test_a_plain_state_dict_still_loads() -> None:
+    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+    tp.load_state_dict(b, state_dict=a.state_dict())
+    assert torch.equal(a.weight, b.weight)
