@@ -197,3 +197,20 @@ def test_torch_pruning_names() -> None:
     with pytest.warns(DeprecationWarning, match="ch_sparsity"):
         tp.pruner.MetaPruner(model, X, root_l2, ch_sparsity=0.5, ignored_layers=[model.fc]).step()
     assert model.c1.out_channels == 16
+
+
+def test_groups_a_criterion_cannot_read_stay_whole_with_a_warning() -> None:
+    """BN scales: the conv groups with batch norm are pruned, the last conv (no BN) is left and named."""
+    model = Small()
+    with pytest.warns(UserWarning, match="1 group.*left whole.*c3"):
+        tp.pruner.MetaPruner(model, X, tp.importance.BNScaleImportance(), pruning_ratio=0.5,
+                             ignored_layers=[model.fc]).step()
+    assert convs(model) == {"c1": 16, "c2": 24, "c3": 64}
+
+
+def test_real_criteria_drive_the_pruner() -> None:
+    for imp in (tp.importance.MagnitudeImportance(p=1), tp.importance.LAMPImportance(), tp.importance.FPGMImportance(),
+                tp.importance.RandomImportance()):
+        model = Small()
+        tp.pruner.MetaPruner(model, X, imp, pruning_ratio=0.5, global_pruning=True, ignored_layers=[model.fc]).step()
+        assert sum(convs(model).values()) == (32 + 48 + 64) // 2 and model(X).shape == (1, 10)

@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import PruningError
 from ..graph import DependencyGraph, channel_kind
 from ..group import Group
+from ..importance import NothingToReadError
 
 
 def linear_scheduler(pruning_ratio: float, steps: int) -> list[float]:
@@ -193,7 +194,18 @@ class MetaPruner:
             warnings.warn(f"step {self.current_step} is past iterative_steps={self.iterative_steps}: nothing is pruned",
                           stacklevel=3)
             return
-        candidates = [c for c in (self._candidate(g) for g in self._all_groups()) if c is not None]
+        candidates, unscored = [], []
+        for group in self._all_groups():
+            try:
+                found = self._candidate(group)
+            except NothingToReadError as exc:  # e.g. BN scales for a group without batch norm: it stays whole
+                unscored.append(str(exc))
+                continue
+            if found is not None:
+                candidates.append(found)
+        if unscored:
+            warnings.warn(f"{len(unscored)} group(s) left whole, the importance cannot score them: " + "; ".join(unscored),
+                          stacklevel=3)
         by_scope: dict[str, list[_Candidate]] = {}
         for c in candidates:
             by_scope.setdefault(c.scope, []).append(c)
