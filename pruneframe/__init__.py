@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import pruner
+from . import importance, pruner, utils
 from .errors import ModelStopsRunningError, PluginLoadError, PluginLoadWarning, PruningError, UnsupportedOpWarning
 from .graph import DependencyGraph
 from .group import Dependency, Group, GroupItem, IndexMapping, PruneRecord
 from .hookspecs import hookimpl
 from .layer_pruner import BasePruningFunc, ChannelDim, Coupling, DeclarativeLayerPruner, LayerPruner, TensorDims
 from .node import Node
+from .plan import load_state_dict, state_dict
 from .plugin_manager import get_registry, reload_plugins
 
 __version__ = "0.1.0"
@@ -41,8 +42,12 @@ __all__ = [
     "UnsupportedOpWarning",
     "get_registry",
     "hookimpl",
+    "importance",
+    "load_state_dict",
     "pruner",
     "reload_plugins",
+    "state_dict",
+    "utils",
 ]
 
 

@@ -1,4 +1,8 @@
-"""Prune 30% of every prunable channel group of a ResNet-18 by L2 magnitude, print the savings, save it.
+"""A Torch-Pruning script, run unchanged on pruneframe: only the import differs.
+
+Prunes ResNet-18 by 50% (L2 magnitude, global ranking, 3 iterative steps, channels
+rounded to multiples of 8), prints MACs and parameters, saves the weights with the
+pruning plan and reloads them into a freshly built ResNet-18.
 
 Run: python docs/examples/prune_resnet18.py [OUTPUT.pth]
 """
@@ -6,42 +10,39 @@ import sys
 
 import torch
 import torchvision
-from torch.utils.flop_counter import FlopCounterMode
 
-import pruneframe as tp
-
-
-def macs_and_params(model, x):
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
-
-
-def l2_of_root(group):
-    """Score each root channel by the L2 norm of its weights (the smallest go first)."""
-    layer = group[0].dep.target.module
-    return layer.weight.detach().flatten(1).norm(dim=1)
-
+import pruneframe as tp  # was: import torch_pruning as tp
 
 model = torchvision.models.resnet18(weights=None).eval()
-x = torch.randn(1, 3, 224, 224)
-macs0, params0 = macs_and_params(model, x)
+example_inputs = torch.randn(1, 3, 224, 224)
 
-DG = tp.DependencyGraph().build_dependency(model, example_inputs=x)
-for group in list(DG.get_all_groups(ignored_layers=[model.fc])):
-    scores = l2_of_root(group)[group.root_idxs]
-    order = torch.argsort(scores).tolist()
-    chosen = [group.root_idxs[i] for i in order[: int(0.3 * len(order))]]
-    if chosen:
-        root = group[0].dep
-        pruned = DG.get_pruning_group(root.target.module, root.handler, chosen)
-        if DG.check_pruning_group(pruned):
-            pruned.prune()
+imp = tp.importance.MagnitudeImportance(p=2, group_reduction="mean")
+ignored_layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000]
 
-macs1, params1 = macs_and_params(model, x)
-assert model(x).shape == (1, 1000)
-print(f"MACs:   {macs0 / 1e9:.3f} G -> {macs1 / 1e9:.3f} G ({macs1 / macs0:.1%})")
-print(f"Params: {params0 / 1e6:.3f} M -> {params1 / 1e6:.3f} M ({params1 / params0:.1%})")
+base_macs, base_nparams = tp.utils.count_ops_and_params(model, example_inputs)
+pruner = tp.pruner.MetaPruner(
+    model,
+    example_inputs,
+    importance=imp,
+    pruning_ratio=0.5,
+    global_pruning=True,
+    iterative_steps=3,
+    round_to=8,
+    ignored_layers=ignored_layers,
+)
+for i in range(3):
+    pruner.step()
+    macs, nparams = tp.utils.count_ops_and_params(model, example_inputs)
+    print(f"step {i + 1}: MACs {macs / 1e9:.3f} G, params {nparams / 1e6:.3f} M")
+
+print(f"MACs:   {base_macs / 1e9:.3f} G -> {macs / 1e9:.3f} G ({macs / base_macs:.1%})")
+print(f"Params: {base_nparams / 1e6:.3f} M -> {nparams / 1e6:.3f} M ({nparams / base_nparams:.1%})")
+
 out = sys.argv[1] if len(sys.argv) > 1 else "resnet18_pruned.pth"
-torch.save(model, out)
-print(f"saved the pruned model to {out} (load it with torch.load({out!r}, weights_only=False))")
+torch.save(tp.state_dict(model), out)  # weights and pruning plan; no class is pickled
+
+fresh = torchvision.models.resnet18(weights=None).eval()
+tp.load_state_dict(fresh, state_dict=torch.load(out, weights_only=True))
+with torch.no_grad():
+    assert torch.equal(fresh(example_inputs), model(example_inputs))
+print(f"saved to {out}; reloaded into a fresh ResNet-18 with identical outputs")
