@@ -93,6 +93,24 @@ def run_one(library: str, case: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+BEGIN, END = "<!-- measured: begin -->", "<!-- measured: end -->"
+
+
+def _write_between_markers(path: str, text: str) -> None:
+    """Replace the measured part of ``path`` (between the markers), keeping the prose around it."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in old or END not in old:
+        raise SystemExit(f"{path} has no {BEGIN} ... {END} markers to write the measurements between")
+    head, rest = old.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    with open(path, "w") as f:
+        f.write(f"{head}{BEGIN}\n{text}{END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", nargs=2, metavar=("LIBRARY", "CASE"), help=argparse.SUPPRESS)
@@ -146,18 +164,12 @@ def main(argv: list[str] | None = None) -> int:
             versions += f", torch-pruning {torch_pruning.__version__}, transformers {transformers.__version__}"
         except ImportError:
             pass
-        with open(args.markdown, "w") as f:
-            f.write(
-                "# Benchmarks: building the dependency graph\n\n"
-                f"Measured {datetime.date.today()} on the project's machine (2 shared CPU cores, no GPU; {versions}) "
-                f"by `python benchmarks/graph_build_speed.py --repeats {args.repeats} --markdown docs/benchmarks.md`.\n\n"
-                "Each number is the median over fresh processes of `build_dependency` + `list(get_all_groups())` "
-                "(the model is built before the clock starts), the two libraries alternating. The machine is shared "
-                "and noisy: read the ratios, not the seconds. Group counts differ because the libraries group "
-                "differently (pruneframe keeps channels tied to model outputs and unknown ops out of every group).\n\n"
-                "LLaMA cases: hidden 512, 8 query / 2 key-value heads, MLP 1376, at depth 8-64 (`llama-dN`).\n\n"
-                f"{table}\n\n" + "\n".join(scaling) + "\n"
-            )
+        measured = (
+            f"Measured {datetime.date.today()} on the project's machine (2 shared CPU cores, no GPU; {versions}) "
+            f"by `python benchmarks/graph_build_speed.py --repeats {args.repeats} --markdown docs/benchmarks.md`.\n\n"
+            f"{table}\n\n" + "\n".join(scaling) + "\n"
+        )
+        _write_between_markers(args.markdown, measured)
     return 0
 
 
