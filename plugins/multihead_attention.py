@@ -109,6 +109,10 @@ class MultiheadAttentionPruner(BasePruningFunc):
     def __init__(self, tie_head_positions: bool = True) -> None:
         self.tie_head_positions = tie_head_positions
 
+    def with_whole_heads(self) -> "MultiheadAttentionPruner":
+        """The variant that lets groups remove whole heads (MetaPruner asks for it with ``prune_num_heads``)."""
+        return MultiheadAttentionPruner(tie_head_positions=False)
+
     def get_out_channels(self, layer: nn.Module) -> int:
         return layer.embed_dim
 

@@ -214,3 +214,31 @@ def test_real_criteria_drive_the_pruner() -> None:
         model = Small()
         tp.pruner.MetaPruner(model, X, imp, pruning_ratio=0.5, global_pruning=True, ignored_layers=[model.fc]).step()
         assert sum(convs(model).values()) == (32 + 48 + 64) // 2 and model(X).shape == (1, 10)
+
+
+def test_multihead_attention_heads_declared_on_a_member_prune_whole_heads() -> None:
+    """num_heads on an nn.MultiheadAttention that is not the group's root: whole heads go, by head_pruning_ratio."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(6, 16)
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            h = self.embed(x)
+            return self.head(self.attn(h, h, h, need_weights=False)[0] + h)
+
+    torch.manual_seed(0)
+    model = Block().eval()
+    x = torch.randn(2, 5, 6)
+    with torch.no_grad():
+        model.embed.weight[8:12].mul_(0.01)  # the channels of head 2 are the weakest
+    w = model.embed.weight.detach().clone()
+    pruner = tp.pruner.MetaPruner(model, x, root_l2, num_heads={model.attn: 4}, prune_num_heads=True,
+                                  head_pruning_ratio=0.25, pruning_ratio=0.9, ignored_layers=[model.head])
+    pruner.step()
+    assert model.attn.embed_dim == 12 and model.attn.num_heads == 3 and model.embed.out_features == 12
+    assert torch.equal(model.embed.weight, torch.cat([w[:8], w[12:]]))  # head 2 went
+    assert model(x).shape == (2, 5, 3)

@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import PruningError
 from ..graph import DependencyGraph, channel_kind
 from ..group import Group
-from ..importance import NothingToReadError
+from ..importance import NothingToReadError, _members
 
 
 def linear_scheduler(pruning_ratio: float, steps: int) -> list[float]:
@@ -143,6 +143,14 @@ class MetaPruner:
             m: _schedule(iterative_pruning_ratio_scheduler, r, iterative_steps) for m, r in (head_pruning_ratio_dict or {}).items()
         }
 
+        customized_pruners = dict(customized_pruners or {})
+        if prune_num_heads:  # a layer pruner that ties head positions by default may offer a whole-heads variant
+            registry = DependencyGraph().registry
+            for module in self.num_heads:
+                pruner = customized_pruners.get(type(module)) or registry.layer_pruner(type(module))
+                variant = getattr(pruner, "with_whole_heads", None)
+                if variant is not None and type(module) not in customized_pruners:
+                    customized_pruners[type(module)] = variant()
         self.DG = DependencyGraph().build_dependency(
             model, example_inputs, forward_fn=forward_fn, output_transform=output_transform,
             unwrapped_parameters=_parameter_pairs(unwrapped_parameters), customized_pruners=customized_pruners,
@@ -240,7 +248,7 @@ class MetaPruner:
         node = self.DG.module2node[root]
         kind = "out" if node.kind == "parameter" else channel_kind(trigger)
         space = node.space(kind)
-        root_idxs = list(group[0].idxs)
+        root_idxs = list(group.root_idxs)
         scores = self.estimate_importance(group)
         if scores is None:
             return None
@@ -253,40 +261,59 @@ class MetaPruner:
         if not bool(torch.isfinite(scores).all()):
             raise PruningError(f"the importance {type(self.importance).__name__} gave non-finite scores for {node.name}")
         score_of = dict(zip(root_idxs, scores.tolist()))
-        blocks = self._blocks(group, root, space, root_idxs)
+        blocks, heads_mode = self._blocks(group)
         if not blocks:
             return None
         traced_blocks = [space.original_positions(torch.as_tensor(b, dtype=torch.long)) for b in blocks]
         block_scores = torch.tensor([sum(score_of[i] for i in b) / len(b) for b in blocks], dtype=torch.float64)
-        ratio = self.get_target_pruning_ratio(root)
+        ratio = self._head_ratio(group) if heads_mode else self.get_target_pruning_ratio(root)
         return _Candidate(root, trigger, space, traced_blocks, block_scores, self._original.get(root, space.size), ratio,
                           self._scope_of(group, root, node.name))
 
-    def _blocks(self, group: Group, root: Any, space: Any, root_idxs: list[int]) -> list[list[int]]:
-        """Root channels that can only go together: traced ties, user channel groups, heads."""
+    def _blocks(self, group: Group) -> tuple[list[list[int]], bool]:
+        """Root channels that can only go together, and whether they are whole heads.
+
+        Traced ties come first; then, for every layer of the group whose output
+        channels have ``out_channel_groups`` or ``num_heads`` declared, position j
+        of each part goes together (channel groups, head dims) or each part goes
+        whole (heads, with ``prune_num_heads``), mapped onto the root's indices.
+        """
         blocks = group.root_blocks()
-        width = space.current_size
-        tie_every = None  # position j of each of k equal parts goes together
-        whole_parts = None  # each of k equal parts goes whole
-        if root in self.out_channel_groups:
-            tie_every = self.out_channel_groups[root]
-        heads = self.num_heads.get(root)
-        if heads:
-            if self.prune_num_heads and self.get_target_head_pruning_ratio(root) > 0:
-                whole_parts = heads
-            elif self.prune_head_dims:
-                tie_every = heads
-            else:
-                return []  # neither heads nor their widths may change
-        for parts, whole in ((tie_every, False), (whole_parts, True)):
-            if not parts:
+        heads_mode = False
+        for member in _members(group):
+            module = member.node.module
+            if member.space.kind != "out" or not (module in self.out_channel_groups or module in self.num_heads):
                 continue
-            if width % parts:
-                raise ValueError(f"{self.DG.module2node[root].name} has {width} channels, which {parts} groups/heads do not divide")
-            size = width // parts
-            key = (lambda i: i // size) if whole else (lambda i: i % size)
-            blocks = _merge(blocks, key)
-        return blocks
+            width = member.space.current_size
+            rules = []
+            if module in self.out_channel_groups:
+                rules.append((self.out_channel_groups[module], False))
+            heads = self.num_heads.get(module)
+            if heads:
+                if self.prune_num_heads and self.get_target_head_pruning_ratio(module) > 0:
+                    rules.append((heads, True))
+                    heads_mode = True
+                elif self.prune_head_dims:
+                    rules.append((heads, False))
+                else:
+                    return [], False  # neither its heads nor their widths may change
+            for parts, whole in rules:
+                if width % parts:
+                    raise ValueError(f"{member.node.name} has {width} output channels, which {parts} "
+                                     f"{'heads' if module in self.num_heads else 'channel groups'} do not divide")
+                size = width // parts
+                channel = member.idxs[member.member_pos]
+                keys = (channel // size) if whole else (channel % size)
+                root_of = torch.as_tensor(list(group.root_idxs))[member.root_pos]
+                key_of_root: dict[int, int] = {}
+                for r, k in zip(root_of.tolist(), keys.tolist()):
+                    key_of_root.setdefault(r, k)
+                blocks = _merge(blocks, lambda r, table=key_of_root: table.get(r, -1 - r))
+        return blocks, heads_mode
+
+    def _head_ratio(self, group: Group) -> float:
+        """The head pruning ratio of the group's attention layer(s) (the largest, if several are declared)."""
+        return max(self.get_target_head_pruning_ratio(dep.target.module) for dep, _ in group if dep.target.module in self.num_heads)
 
     def _scope_of(self, group: Group, root: Any, name: str) -> str:
         for dep, _ in group:
