@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             import torch_pruning
             import transformers
 
-            versions += f", torch-pruning {torch_pruning.__version__}, transformers {transformers.__version__}"
+            from importlib.metadata import version  # torch_pruning.__version__ lags its releases (1.6.1 says 1.6.0)
+
+            versions += f", torch-pruning {version('torch-pruning')}, transformers {transformers.__version__}"
         except ImportError:
             pass
         measured = (
