@@ -1,0 +1,234 @@
+"""What this plugin knows about each Hugging Face module class: its stored sizes and the config fields they map to.
+
+A *family* entry serves one module class of the installed transformers. It says
+
+- ``fixup(module)``: set the sizes the module stores (head counts, widths,
+  split sizes) from its sub-layers' current weight shapes. It raises
+  ``ValueError`` when the shapes do not fit together (a width that is not a
+  whole number of heads), never guesses; run inside a prune's transaction, the
+  error undoes the prune.
+- ``sizes(module)``: the config fields this module's current shapes imply
+  (``{"num_attention_heads": 4, "head_dim": 16, ...}``), read by the config
+  fix-up.
+- ``needs``: the attributes ``fixup`` and ``sizes`` read and write. A module of
+  the class that lacks one (another transformers version laid it out
+  differently) cannot be kept consistent, so the module hint keeps its
+  projections whole.
+
+Head widths never change here: the models reshape with ``view(..., -1,
+head_dim)``, so the trace lets only the number of heads shrink and ties the
+positions inside a head. The fix-ups rely on that and check it.
+"""
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from typing import Callable
+
+import attrs
+from torch import nn
+
+
+@attrs.frozen
+class Family:
+    """One module class: how to keep its stored sizes right and which config fields it implies."""
+
+    cls: type
+    name: str
+    fixup: Callable[[nn.Module], None] | None
+    sizes: Callable[[nn.Module], dict[str, int]]
+    needs: tuple[str, ...]
+    projections: tuple[str, ...]  # the sub-layers a hint keeps whole when ``needs`` is not met
+
+
+def _whole(width: int, part: int, module: nn.Module, what: str) -> int:
+    """``width / part`` when it is a whole number, else a ValueError naming the module."""
+    if part <= 0 or width % part:
+        raise ValueError(
+            f"{type(module).__name__}: {what} has width {width}, which is not a whole number of heads of width {part}; "
+            "pruneframe-transformers only keeps whole heads consistent"
+        )
+    return width // part
+
+
+def _same(module: nn.Module, **widths: int) -> int:
+    """The one value of ``widths`` (named sub-layer widths that must agree), or a ValueError listing them."""
+    values = set(widths.values())
+    if len(values) != 1:
+        listed = ", ".join(f"{k}={v}" for k, v in widths.items())
+        raise ValueError(f"{type(module).__name__}: these widths must be equal after pruning but are not: {listed}")
+    return values.pop()
+
+
+# --- attention: separate q/k/v/o projections and a stored head_dim (LLaMA, Qwen2, HF ViT) -------------------------
+def _qkvo_heads(module: nn.Module) -> tuple[int, int, int]:
+    d = module.head_dim
+    q = _whole(_same(module, q_proj_out=module.q_proj.out_features, o_proj_in=module.o_proj.in_features), d, module, "q_proj")
+    kv = _whole(_same(module, k_proj_out=module.k_proj.out_features, v_proj_out=module.v_proj.out_features), d, module, "k_proj")
+    return q, kv, d
+
+
+def _gqa_fixup(module: nn.Module) -> None:
+    q, kv, _ = _qkvo_heads(module)
+    if q % kv:
+        raise ValueError(f"{type(module).__name__}: {q} query heads cannot share {kv} key/value heads evenly")
+    module.num_key_value_groups = q // kv
+    # older transformers versions store the head counts too
+    if isinstance(getattr(module, "num_heads", None), int):
+        module.num_heads = q
+    if isinstance(getattr(module, "num_key_value_heads", None), int):
+        module.num_key_value_heads = kv
+
+
+def _gqa_sizes(module: nn.Module) -> dict[str, int]:
+    q, kv, d = _qkvo_heads(module)
+    return {"num_attention_heads": q, "num_key_value_heads": kv, "head_dim": d, "hidden_size": module.q_proj.in_features}
+
+
+def _vit_fixup(module: nn.Module) -> None:
+    q, kv, _ = _qkvo_heads(module)
+    if q != kv:
+        raise ValueError(f"{type(module).__name__}: {q} query heads but {kv} key/value heads; it has no grouped-query attention")
+    module.num_attention_heads = q
+
+
+def _vit_sizes(module: nn.Module) -> dict[str, int]:
+    q, _, d = _qkvo_heads(module)
+    return {"num_attention_heads": q, "head_dim": d, "hidden_size": module.q_proj.in_features}
+
+
+# --- attention: query/key/value and a stored attention_head_size (BERT, older HF ViT) ----------------------------
+def _bert_heads(module: nn.Module) -> int:
+    width = _same(module, query_out=module.query.out_features, key_out=module.key.out_features,
+                  value_out=module.value.out_features)
+    return _whole(width, module.attention_head_size, module, "query")
+
+
+def _bert_fixup(module: nn.Module) -> None:
+    module.num_attention_heads = _bert_heads(module)
+    module.all_head_size = module.query.out_features
+
+
+def _bert_sizes(module: nn.Module) -> dict[str, int]:
+    return {"num_attention_heads": _bert_heads(module), "head_dim": module.attention_head_size,
+            "hidden_size": module.query.in_features}
+
+
+# --- attention: GPT-2's fused c_attn (Conv1D) split into q, k, v with a stored split_size ------------------------
+def _gpt2_heads(module: nn.Module) -> tuple[int, int]:
+    """(query width, heads). Self-attention splits c_attn in three; cross-attention has q_attn and splits c_attn in two."""
+    fused = module.c_attn.nf
+    if getattr(module, "is_cross_attention", False):
+        width = module.q_attn.nf
+        if fused != 2 * width:
+            raise ValueError(f"{type(module).__name__}: c_attn has {fused} outputs, not twice q_attn's {width}")
+    else:
+        if fused % 3:
+            raise ValueError(f"{type(module).__name__}: c_attn has {fused} outputs, which do not split into equal q, k, v")
+        width = fused // 3
+    _same(module, query=width, c_proj_in=module.c_proj.nx)
+    return width, _whole(width, module.head_dim, module, "c_attn's query part")
+
+
+def _gpt2_fixup(module: nn.Module) -> None:
+    width, heads = _gpt2_heads(module)
+    module.split_size = width  # forward splits c_attn's output with this literal
+    module.num_heads = heads
+    module.embed_dim = module.c_proj.nf
+
+
+def _gpt2_sizes(module: nn.Module) -> dict[str, int]:
+    _, heads = _gpt2_heads(module)
+    return {"num_attention_heads": heads, "head_dim": module.head_dim, "hidden_size": module.c_attn.nx}
+
+
+# --- MLPs -----------------------------------------------------------------------------------------------------------
+def _gated_mlp_width(module: nn.Module) -> int:
+    return _same(module, gate_proj_out=module.gate_proj.out_features, up_proj_out=module.up_proj.out_features,
+                 down_proj_in=module.down_proj.in_features)
+
+
+def _gated_mlp_fixup(module: nn.Module) -> None:
+    module.intermediate_size = _gated_mlp_width(module)
+    module.hidden_size = module.gate_proj.in_features
+
+
+def _gated_mlp_sizes(module: nn.Module) -> dict[str, int]:
+    return {"intermediate_size": _gated_mlp_width(module), "hidden_size": module.gate_proj.in_features}
+
+
+def _decoder_layer_fixup(module: nn.Module) -> None:
+    module.hidden_size = module.self_attn.o_proj.out_features
+
+
+def _gpt2_model_fixup(module: nn.Module) -> None:
+    module.embed_dim = module.wte.embedding_dim
+
+
+# (module of transformers.models, class name, family name, fixup, sizes, needs, projections)
+_TABLE: tuple[tuple[str, str, str, Callable | None, Callable, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("llama.modeling_llama", "LlamaAttention", "llama-attention", _gqa_fixup, _gqa_sizes,
+     ("head_dim", "num_key_value_groups", "q_proj", "k_proj", "v_proj", "o_proj"), ("q_proj", "k_proj", "v_proj", "o_proj")),
+    ("qwen2.modeling_qwen2", "Qwen2Attention", "qwen2-attention", _gqa_fixup, _gqa_sizes,
+     ("head_dim", "num_key_value_groups", "q_proj", "k_proj", "v_proj", "o_proj"), ("q_proj", "k_proj", "v_proj", "o_proj")),
+    ("vit.modeling_vit", "ViTAttention", "vit-attention", _vit_fixup, _vit_sizes,
+     ("head_dim", "num_attention_heads", "q_proj", "k_proj", "v_proj", "o_proj"), ("q_proj", "k_proj", "v_proj", "o_proj")),
+    ("vit.modeling_vit", "ViTSelfAttention", "vit-self-attention", _bert_fixup, _bert_sizes,
+     ("attention_head_size", "num_attention_heads", "all_head_size", "query", "key", "value"), ("query", "key", "value")),
+    ("bert.modeling_bert", "BertSelfAttention", "bert-self-attention", _bert_fixup, _bert_sizes,
+     ("attention_head_size", "num_attention_heads", "all_head_size", "query", "key", "value"), ("query", "key", "value")),
+    ("gpt2.modeling_gpt2", "GPT2Attention", "gpt2-attention", _gpt2_fixup, _gpt2_sizes,
+     ("head_dim", "num_heads", "split_size", "embed_dim", "c_attn", "c_proj"), ("c_attn", "c_proj")),
+    ("llama.modeling_llama", "LlamaMLP", "llama-mlp", _gated_mlp_fixup, _gated_mlp_sizes,
+     ("hidden_size", "intermediate_size", "gate_proj", "up_proj", "down_proj"), ()),
+    ("qwen2.modeling_qwen2", "Qwen2MLP", "qwen2-mlp", _gated_mlp_fixup, _gated_mlp_sizes,
+     ("hidden_size", "intermediate_size", "gate_proj", "up_proj", "down_proj"), ()),
+    ("bert.modeling_bert", "BertIntermediate", "bert-intermediate", None,
+     lambda m: {"intermediate_size": m.dense.out_features, "hidden_size": m.dense.in_features}, ("dense",), ()),
+    ("vit.modeling_vit", "ViTMLP", "vit-mlp", None,
+     lambda m: {"intermediate_size": m.fc1.out_features, "hidden_size": m.fc1.in_features}, ("fc1", "fc2"), ()),
+    ("vit.modeling_vit", "ViTIntermediate", "vit-intermediate", None,
+     lambda m: {"intermediate_size": m.dense.out_features, "hidden_size": m.dense.in_features}, ("dense",), ()),
+    ("gpt2.modeling_gpt2", "GPT2MLP", "gpt2-mlp", None,
+     lambda m: {"n_inner": m.c_fc.nf, "hidden_size": m.c_fc.nx}, ("c_fc", "c_proj"), ()),
+    ("llama.modeling_llama", "LlamaDecoderLayer", "llama-decoder-layer", _decoder_layer_fixup, lambda m: {},
+     ("hidden_size", "self_attn"), ()),
+    ("qwen2.modeling_qwen2", "Qwen2DecoderLayer", "qwen2-decoder-layer", _decoder_layer_fixup, lambda m: {},
+     ("hidden_size", "self_attn"), ()),
+    ("gpt2.modeling_gpt2", "GPT2Model", "gpt2-model", _gpt2_model_fixup, lambda m: {}, ("embed_dim", "wte"), ()),
+)
+
+
+@lru_cache(maxsize=None)
+def families() -> tuple[Family, ...]:
+    """The entries whose class exists in the installed transformers (a class it lacks is skipped)."""
+    found = []
+    for module_name, class_name, name, fixup, sizes, needs, projections in _TABLE:
+        try:
+            module = importlib.import_module(f"transformers.models.{module_name}")
+        except ImportError:  # a model family this transformers version does not ship
+            continue
+        cls = getattr(module, class_name, None)
+        if isinstance(cls, type):
+            found.append(Family(cls, name, fixup, sizes, needs, projections))
+    return tuple(found)
+
+
+@lru_cache(maxsize=None)
+def _by_class() -> dict[type, Family]:
+    return {family.cls: family for family in families()}
+
+
+def family_of(module: nn.Module) -> Family | None:
+    """The entry for ``module``'s class (the most specific one along its MRO), or None."""
+    table = _by_class()
+    for cls in type(module).__mro__:
+        family = table.get(cls)
+        if family is not None:
+            return family
+    return None
+
+
+def missing_needs(module: nn.Module, family: Family) -> list[str]:
+    """The attributes ``family`` relies on that ``module`` does not have."""
+    return [name for name in family.needs if not hasattr(module, name)]
