@@ -18,7 +18,7 @@ from torch import nn
 from .components import ComponentIndex, resolve_slice_ties, touching
 from .errors import PruningError
 from .group import Dependency, Group, GroupItem, IndexMapping, PruneRecord, function_name
-from .layer_pruner import validate_idxs
+from .layer_pruner import counts_as, validate_idxs
 from .node import Node, Space
 from .plugin_manager import Registry, get_registry
 from .tracer import TraceResult, runs, single_threaded, trace
@@ -306,7 +306,8 @@ class DependencyGraph:
     def get_all_groups(self, ignored_layers: Iterable[Any] = (), root_module_types: Iterable[type] | None = None) -> Iterator[Group]:
         """One group per prunable root layer: all its channels that may be pruned, with everything coupled to them.
 
-        Roots are layers of ``root_module_types`` or, by default, every layer
+        Roots are layers of ``root_module_types`` (or whose pruner ``acts_like``
+        one of them) or, by default, every layer
         whose output channels are its own (not tied to its input). Channels
         coupled with an ignored layer's output, a model input or output, or an
         unknown op are left out.
@@ -327,7 +328,7 @@ class DependencyGraph:
             if node.kind != "layer" or id(node.module) in ignored or node.out_space is None:
                 continue
             if types is not None:
-                if not isinstance(node.module, types):
+                if not counts_as(node.module, node.pruner, types):
                     continue
             elif node.in_out_coupled:
                 continue

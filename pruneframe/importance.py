@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .group import Group
-from .layer_pruner import DeclarativeLayerPruner
+from .layer_pruner import DeclarativeLayerPruner, counts_as
 from .node import Node, Space
 from .plugin_manager import UnknownImportanceError, get_registry
 from .tracer import single_threaded
@@ -380,7 +380,8 @@ class PerLayerImportance(Importance):
 
     ``layer_scores(channels)`` scores the channels ``channels.idxs`` of one
     member layer (a ``LayerChannels``), or returns None to skip the layer. Only
-    layers that are instances of ``target_types`` and whose weight pruneframe
+    layers that are instances of ``target_types`` (or whose layer pruner
+    ``acts_like`` one of them) and whose weight pruneframe
     can read (convolutions, the tables of declarative layer pruners, raw
     parameters) are asked. The scores are then carried to the root indices,
     reduced with ``group_reduction`` and normalised with ``normalizer``.
@@ -423,7 +424,7 @@ class PerLayerImportance(Importance):
         with single_threaded():  # many tiny index ops: a thread pool costs more than it saves
             members = list(_members(group))
         for member in members:
-            if not isinstance(member.node.module, self.target_types):
+            if not counts_as(member.node.module, member.node.pruner, self.target_types):
                 continue
             channels = _layer_channels(member.node, member.space, member.idxs)
             if channels is None:

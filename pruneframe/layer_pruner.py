@@ -116,6 +116,11 @@ def zero_(module: nn.Module, name: str, dim: int, idxs: torch.Tensor) -> None:
         tensor.index_fill_(dim, idxs.to(tensor.device), 0)
 
 
+def counts_as(layer: Any, pruner: Any, types: tuple[type, ...]) -> bool:
+    """Whether ``layer`` is one of ``types``, by its class or by what its pruner declares it ``acts_like``."""
+    return isinstance(layer, types) or any(issubclass(t, types) for t in getattr(pruner, "acts_like", ()))
+
+
 class BasePruningFunc:
     """Base class for pruning one layer type; subclass it for your own layers.
 
@@ -124,7 +129,16 @@ class BasePruningFunc:
     as its channels, and tie input to output channels when
     ``prune_in_channels`` is the very same function as ``prune_out_channels``
     (a layer whose input and output width are one attribute).
+
+    ``acts_like`` names the torch layer types this layer stands in for where
+    pruneframe takes a list of layer types: MetaPruner's
+    ``root_module_types`` and the importance criteria's ``target_types``. A
+    plugin's linear layer with a transposed weight (GPT-2's ``Conv1D``) sets
+    ``acts_like = (nn.Linear,)`` and is ranked and pruned wherever an
+    ``nn.Linear`` would be, with no option to change.
     """
+
+    acts_like: ClassVar[tuple[type, ...]] = ()
 
     def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement prune_out_channels")

@@ -312,13 +312,17 @@ R["gpt2_exact"] = {"error": error, "c_attn": attention.c_attn.nf, "split_size": 
                    "marker": getattr(pruned.config, MARKER, None), "load": load, "plan_same": same}
 model = GPT2LMHeadModel(gpt2_config()).eval()
 fc = [block.mlp.c_fc for block in model.transformer.h]
-warned = meta_prune(model, TEXT, pruning_ratio=0.0, pruning_ratio_dict={layer: 0.5 for layer in fc},
-                    root_module_types=[nn.Linear, Conv1D],
-                    importance=tp.importance.MagnitudeImportance(p=2, target_types=[nn.Linear, Conv1D, nn.LayerNorm]))
+warned = meta_prune(model, TEXT, pruning_ratio=0.0, pruning_ratio_dict={layer: 0.5 for layer in fc})  # Conv1D acts like Linear
 with torch.no_grad():
     shape = list(model(**TEXT).logits.shape)
 R["gpt2_mlp"] = {"warnings": warned, "config": fields(model.config), "widths": [l.nf for l in fc], "shape": shape,
                  "round_trip": round_trip(model, TEXT, AutoModelForCausalLM)}
+model = GPT2LMHeadModel(gpt2_config()).eval()  # the defaults: every Conv1D is a root, heads and MLP halve
+warned = meta_prune(model, TEXT, pruning_ratio=0.5, ignored_layers=[model.transformer.wte])
+with torch.no_grad():
+    shape = list(model(**TEXT).logits.shape)
+R["gpt2_meta"] = {"shape": shape, "heads": [b.attn.num_heads for b in model.transformer.h],
+                  "c_attn": [b.attn.c_attn.nf for b in model.transformer.h], "c_fc": [b.mlp.c_fc.nf for b in model.transformer.h]}
 
 print("RESULT " + json.dumps(R))
 '''
@@ -507,6 +511,13 @@ def test_gpt2_mlp_prune_round_trips(results: dict[str, Any]) -> None:
     assert mlp["warnings"] == [] and mlp["widths"] == [128, 128] and mlp["shape"] == [2, 10, 128]
     assert mlp["config"]["n_inner"] == 128
     assert mlp["round_trip"] == {"same": True, "warnings": [], "reloaded": mlp["config"]}
+
+
+def test_meta_pruner_defaults_take_gpt2_conv1d_as_linear(results: dict[str, Any]) -> None:
+    meta = results["gpt2_meta"]
+    assert meta["shape"] == [2, 10, 128]
+    assert meta["heads"] == [2, 2] and meta["c_attn"] == [96, 96]  # 2 of 4 heads of width 16, in q, k and v
+    assert meta["c_fc"] == [128, 128]
 
 
 def test_readme_example_runs(installed: Path, tmp_path: Path) -> None:

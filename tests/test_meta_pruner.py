@@ -242,3 +242,52 @@ def test_multihead_attention_heads_declared_on_a_member_prune_whole_heads() -> N
     assert model.attn.embed_dim == 12 and model.attn.num_heads == 3 and model.embed.out_features == 12
     assert torch.equal(model.embed.weight, torch.cat([w[:8], w[12:]]))  # head 2 went
     assert model(x).shape == (2, 5, 3)
+
+
+class TransposedLinear(nn.Module):
+    """A plugin-style linear layer that stores its weight (in, out), like GPT-2's Conv1D."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.n_in, self.n_out = n_in, n_out
+        self.weight = nn.Parameter(torch.randn(n_in, n_out))
+        self.bias = nn.Parameter(torch.randn(n_out))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+class TransposedLinearPruner(tp.DeclarativeLayerPruner):
+    tensors = (tp.TensorDims("weight", out=1, in_=0), tp.TensorDims("bias", out=0))
+    out_attrs, in_attrs = ("n_out",), ("n_in",)
+    output_dim = input_dim = -1
+
+
+class LinearLike(TransposedLinearPruner):
+    acts_like = (nn.Linear,)
+
+
+class TwoTransposed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = TransposedLinear(6, 8), TransposedLinear(8, 6)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+@pytest.mark.parametrize("pruner_cls, expected", [(TransposedLinearPruner, 8), (LinearLike, 4)])
+def test_a_plugin_layer_that_acts_like_linear_is_a_default_root_and_target(pruner_cls, expected) -> None:
+    torch.manual_seed(0)
+    model = TwoTransposed()
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        model.up.weight[:, [1, 4, 6, 7]] *= 10  # the four strongest output columns of up, by L2 norm
+    strong = model.up.weight.detach()[:, [1, 4, 6, 7]].clone()
+    pruner = tp.pruner.MetaPruner(model, x, tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5,
+                                  customized_pruners={TransposedLinear: pruner_cls()})
+    pruner.step()
+    # without acts_like nothing is a Linear/Conv root, so nothing is pruned; with it, up loses its 4 weakest columns
+    assert (model.up.n_out, model.down.n_in, tuple(model.up.weight.shape)) == (expected, expected, (6, expected))
+    if expected == 4:
+        assert torch.equal(model.up.weight, strong) and model(x).shape == (3, 6)
