@@ -291,3 +291,29 @@ def test_a_plugin_layer_that_acts_like_linear_is_a_default_root_and_target(prune
     assert (model.up.n_out, model.down.n_in, tuple(model.up.weight.shape)) == (expected, expected, (6, expected))
     if expected == 4:
         assert torch.equal(model.up.weight, strong) and model(x).shape == (3, 6)
+
+
+class LiteralHeadsAttention(nn.Module):
+    """Self-attention that reshapes with its stored head count and width, as timm's Attention does."""
+
+    def __init__(self, dim: int = 16, heads: int = 4):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
+
+
+def test_whole_heads_the_trace_ties_together_stay_with_a_warning_naming_the_layer() -> None:
+    model = nn.Sequential(nn.Linear(8, 16), LiteralHeadsAttention(), nn.Linear(16, 4))
+    x = torch.randn(2, 5, 8)
+    pruner = tp.pruner.MetaPruner(model, x, tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5,
+                                  num_heads={model[1].qkv: 4}, prune_num_heads=True, head_pruning_ratio=0.5)
+    with pytest.warns(UserWarning, match=r"prune_num_heads cannot remove any of their heads: 1\.qkv \(4 heads\)"):
+        pruner.step()
+    assert model[1].qkv.out_features == 48 and model[1].proj.in_features == 16  # the attention kept every head
+    assert model[0].out_features == 8 and model(x).shape == (2, 5, 4)  # the rest was pruned as asked

@@ -38,6 +38,10 @@ def linear_scheduler(pruning_ratio: float, steps: int) -> list[float]:
 DEFAULT_ROOTS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.rnn.RNNBase)
 
 
+class _HeadsTiedError(Exception):
+    """Whole heads were asked for, but the traced ties join every head of the group into one block."""
+
+
 @attrs.define(eq=False)
 class _Candidate:
     """One group of one step: its root layer, its blocks (traced positions) and their scores."""
@@ -202,18 +206,29 @@ class MetaPruner:
             warnings.warn(f"step {self.current_step} is past iterative_steps={self.iterative_steps}: nothing is pruned",
                           stacklevel=3)
             return
-        candidates, unscored = [], []
+        candidates, unscored, tied_heads = [], [], []
         for group in self._all_groups():
             try:
                 found = self._candidate(group)
             except NothingToReadError as exc:  # e.g. BN scales for a group without batch norm: it stays whole
                 unscored.append(str(exc))
                 continue
+            except _HeadsTiedError as exc:
+                tied_heads.append(str(exc))
+                continue
             if found is not None:
                 candidates.append(found)
         if unscored:
             warnings.warn(f"{len(unscored)} group(s) left whole, the importance cannot score them: " + "; ".join(unscored),
                           stacklevel=3)
+        if tied_heads:
+            warnings.warn(
+                f"{len(tied_heads)} group(s) left whole, prune_num_heads cannot remove any of their heads: "
+                + "; ".join(tied_heads) + ". The trace ties channels of all their heads together: the code reshapes "
+                "with a stored head count rather than -1, so only the head width may change (timm's Attention), or "
+                "every head shares one key/value head; prune head widths instead (prune_num_heads=False, "
+                "prune_head_dims=True)",
+                stacklevel=3)
         by_scope: dict[str, list[_Candidate]] = {}
         for c in candidates:
             by_scope.setdefault(c.scope, []).append(c)
@@ -280,6 +295,7 @@ class MetaPruner:
         """
         blocks = group.root_blocks()
         heads_mode = False
+        whole_heads: list[str] = []
         for member in _members(group):
             module = member.node.module
             if member.space.kind != "out" or not (module in self.out_channel_groups or module in self.num_heads):
@@ -298,6 +314,8 @@ class MetaPruner:
                 else:
                     return [], False  # neither its heads nor their widths may change
             for parts, whole in rules:
+                if whole:
+                    whole_heads.append(f"{member.node.name} ({parts} heads)")
                 if width % parts:
                     raise ValueError(f"{member.node.name} has {width} output channels, which {parts} "
                                      f"{'heads' if module in self.num_heads else 'channel groups'} do not divide")
@@ -309,6 +327,8 @@ class MetaPruner:
                 for r, k in zip(root_of.tolist(), keys.tolist()):
                     key_of_root.setdefault(r, k)
                 blocks = _merge(blocks, lambda r, table=key_of_root: table.get(r, -1 - r))
+        if heads_mode and len(blocks) == 1:  # the trace ties channels of different heads: every head goes or none
+            raise _HeadsTiedError(", ".join(whole_heads))
         return blocks, heads_mode
 
     def _head_ratio(self, group: Group) -> float:
