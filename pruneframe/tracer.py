@@ -15,6 +15,7 @@ into groups.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import logging
 import os
@@ -488,6 +489,20 @@ def single_threaded():
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """No cyclic garbage collection while a trace runs: it allocates many short-lived objects, and in a process that
+    holds a large model the full collections they trigger cost more than the trace (about 0.2 s of a 0.65 s first
+    ResNet-50 build). Reference counting still frees everything acyclic; the collector's state is restored."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def default_forward(model: nn.Module, example_inputs: Any) -> Any:
     """Torch-Pruning's convention: a dict is keyword inputs, a tuple or list positional ones."""
     if isinstance(example_inputs, dict):
@@ -539,7 +554,7 @@ def trace(
     recorder = None
     if os.environ.get(ENV_TRACE, "auto") != "real":
         try:
-            with single_threaded():
+            with single_threaded(), gc_paused():
                 recorder = _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, shapes_only=True)
         except PruningError:
             raise
@@ -549,7 +564,8 @@ def trace(
             for node in leaves.values():
                 node.calls, node.out_space, node.in_space = 0, None, None
     if recorder is None:
-        recorder = _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, shapes_only=False)
+        with gc_paused():
+            recorder = _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, shapes_only=False)
 
     for node in leaves.values():
         if node.calls == 0:  # never called: nothing is known of its channels, so they stay as they are
@@ -639,7 +655,7 @@ def runs(model: nn.Module, example_inputs: Any, forward_fn: Callable[[nn.Module,
             swapped = {n: fake_mode.from_tensor(t) for n, t in
                        [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]}
             inputs = _map_tensors(example_inputs, fake_mode.from_tensor)
-            with single_threaded(), torch.no_grad(), _reparametrize_module(model, swapped, tie_weights=True, strict=False), fake_mode:
+            with single_threaded(), gc_paused(), torch.no_grad(), _reparametrize_module(model, swapped, tie_weights=True, strict=False), fake_mode:
                 forward(model, inputs)
         else:
             buffers = {n: b.detach().clone() for n, b in model.named_buffers()}

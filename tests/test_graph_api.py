@@ -221,3 +221,24 @@ def test_both_tracing_modes_give_the_same_graph(model_fn, monkeypatch: pytest.Mo
     real_mode, real = _grouping(model, X)
     assert real_mode == "real" and fast == real and fast
     assert mode == ("real" if model_fn is DataDependent else "shapes")  # the data-dependent model fell back
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_the_trace_pauses_garbage_collection_and_restores_it(enabled_before: bool) -> None:
+    import gc
+
+    seen = []
+
+    def forward(model, x):
+        seen.append(gc.isenabled())
+        return model(x)
+
+    was = gc.isenabled()
+    (gc.enable if enabled_before else gc.disable)()
+    try:
+        tp.DependencyGraph().build_dependency(TwoBranch(), X, forward_fn=forward)
+        after = gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert seen and not any(seen)  # no collection while the model ran under the tracer
+    assert after is enabled_before
