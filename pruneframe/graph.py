@@ -271,13 +271,16 @@ class DependencyGraph:
             reasons = reasons or ["they are coupled with channels that cannot shrink"]
         if extra_blocked_roots is not None and bool(torch.isin(member_roots, extra_blocked_roots).any()):
             reasons.append("they are coupled with an ignored layer's output channels")
+        # members are sorted and every space is one run of ids, so each space's members are one slice: splitting
+        # once keeps a group that spans every layer (an LLM's hidden size) linear in its size, not size x layers
         space_ix = self._space_of_ids(members)
+        spaces, counts = torch.unique_consecutive(space_ix, return_counts=True)
         items: list[GroupItem] = []
         touched: list[tuple[Space, torch.Tensor]] = []
         root_item: GroupItem | None = None
-        for s in torch.unique(space_ix).tolist():
+        for s, in_space in zip(spaces.tolist(), torch.split(members, counts.tolist())):
             space = trace_.spaces[s]
-            traced = members[space_ix == s] - space.base
+            traced = in_space - space.base
             touched.append((space, traced))
             node = space.node
             if space.kind == "in" and node.in_out_coupled:
