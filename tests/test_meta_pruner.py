@@ -317,3 +317,13 @@ def test_whole_heads_the_trace_ties_together_stay_with_a_warning_naming_the_laye
         pruner.step()
     assert model[1].qkv.out_features == 48 and model[1].proj.in_features == 16  # the attention kept every head
     assert model[0].out_features == 8 and model(x).shape == (2, 5, 4)  # the rest was pruned as asked
+
+
+@pytest.mark.parametrize("global_pruning", [False, True])
+def test_round_to_rounds_up_when_fewer_than_round_to_would_be_left(global_pruning: bool) -> None:
+    model = Small()
+    tp.pruner.MetaPruner(model, X, tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.9, round_to=8,
+                         global_pruning=global_pruning, ignored_layers=[model.fc]).step()
+    widths = list(convs(model).values())
+    assert all(w % 8 == 0 and w >= 8 for w in widths), widths
+    assert sum(widths) < 32 + 48 + 64 and model(X).shape == (1, 10)

@@ -351,7 +351,7 @@ class MetaPruner:
         keep = c.original - int(c.original * c.ratio)
         keep = max(keep, math.ceil(c.original * (1 - self.max_pruning_ratio)), 1)
         if self.round_to:
-            keep = max(self.round_to, keep - keep % self.round_to) if keep >= self.round_to else keep
+            keep = max(self.round_to, keep - keep % self.round_to)  # below round_to: round_to itself
         return max(current - keep, 0)
 
     def _choose_local(self, c: _Candidate) -> torch.Tensor:
@@ -379,10 +379,14 @@ class MetaPruner:
         result = []
         for k, c in enumerate(members):
             count = cut[k]
-            if self.round_to and count:
+            if self.round_to and count:  # the kept width becomes a multiple of round_to
                 keep = c.space.current_size - count
-                if keep > self.round_to and keep % self.round_to:
-                    count = min(count + keep % self.round_to, limit[k])  # a kept width that is a multiple of round_to
+                extra = keep % self.round_to
+                if extra:
+                    if keep > self.round_to and count + extra <= limit[k]:
+                        count += extra  # round the kept width down
+                    else:  # too few left, or the cap: round it up instead (prune less)
+                        count = max(count - (self.round_to - extra), 0)
             result.append((c, _select(c, count)))
         return result
 
