@@ -7,14 +7,12 @@ the shared virtualenv never see it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from contrib_support import install_offline, run_python, run_readme_example
 
 if sys.version_info >= (3, 12):
     import importlib.metadata as importlib_metadata
@@ -22,7 +20,6 @@ else:  # the same backport pruneframe's plugin manager reads metadata with
     import importlib_metadata
 
 CONTRIB = Path(__file__).resolve().parents[1] / "contrib" / "pruneframe-example"
-PLUGIN_ENV = ("PRUNEFRAME_PLUGINS", "PRUNEFRAME_DISABLE_PLUGINS", "PRUNEFRAME_STRICT_PLUGINS")
 
 PRUNE_SCRIPT = r"""
 import json
@@ -84,31 +81,15 @@ print(json.dumps({
 """
 
 
-def _run(args: list[str], cwd: Path, pythonpath: Path | None) -> subprocess.CompletedProcess[str]:
-    """Run Python in a subprocess, with ``pythonpath`` (if given) before any inherited PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
-    if pythonpath is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH", "")) if p)
-    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{args} failed:\n{result.stderr}"
-    return result
-
-
 def _plugins(cwd: Path, pythonpath: Path | None) -> dict[str, dict[str, Any]]:
-    listed = json.loads(_run(["-m", "pruneframe.cli", "plugins"], cwd, pythonpath).stdout)
+    listed = json.loads(run_python(["-m", "pruneframe.cli", "plugins"], cwd, pythonpath).stdout)
     return {entry["name"]: entry for entry in listed}
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The contrib distribution, pip-installed offline into a fresh ``--target`` folder."""
-    # build from a copy: an in-tree build would leave build/ and *.egg-info in the checkout
-    source = tmp_path_factory.mktemp("source") / "pruneframe-example"
-    shutil.copytree(CONTRIB, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
-    target = tmp_path_factory.mktemp("site")
-    _run(["-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check",
-          "--quiet", "--target", str(target), str(source)], cwd=source.parent, pythonpath=None)
-    return target
+    return install_offline(CONTRIB, tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site"))
 
 
 def test_install_adds_only_the_package_and_its_metadata(installed: Path) -> None:
@@ -136,7 +117,7 @@ def test_cli_lists_the_installed_plugin(installed: Path, tmp_path: Path) -> None
 
 
 def test_graph_prunes_the_layer_without_registration(installed: Path, tmp_path: Path) -> None:
-    out = json.loads(_run(["-c", PRUNE_SCRIPT], tmp_path, installed).stdout.strip().splitlines()[-1])
+    out = json.loads(run_python(["-c", PRUNE_SCRIPT], tmp_path, installed).stdout.strip().splitlines()[-1])
     assert out["pruner"] == "pruneframe_example.plugin.CustomizedLayerPruner"
     assert out["pruner_plugin"] == "example"
     assert out["members"] == {"fc1": [0, 1, 6], "customized_layer": [0, 1, 6], "fc2": [0, 1, 6]}
@@ -162,11 +143,5 @@ def test_plugin_is_absent_when_not_installed(tmp_path: Path) -> None:
 
 
 def test_readme_example_runs(installed: Path, tmp_path: Path) -> None:
-    readme = (CONTRIB / "README.md").read_text()
-    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
-    assert len(blocks) == 1, "the README shows one Python example"
-    script = tmp_path / "readme_example.py"
-    script.write_text(blocks[0] + "\nprint('README example OK')\n")
-    result = _run([str(script)], tmp_path, installed)
-    assert result.stdout.rstrip().endswith("README example OK")
+    result = run_readme_example(CONTRIB, installed, tmp_path)
     assert "customized_layer" in result.stdout  # the printed group names the plugin-served layer

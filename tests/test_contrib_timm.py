@@ -9,19 +9,15 @@ the distribution.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from contrib_support import install_offline, run_python, run_readme_example
 
 pytest.importorskip("timm")
 
 CONTRIB = Path(__file__).resolve().parents[1] / "contrib" / "pruneframe-timm"
-PLUGIN_ENV = ("PRUNEFRAME_PLUGINS", "PRUNEFRAME_DISABLE_PLUGINS", "PRUNEFRAME_STRICT_PLUGINS")
 
 REPORT_SCRIPT = r'''
 import contextlib
@@ -258,31 +254,15 @@ print("REPORT " + json.dumps(report))
 '''
 
 
-def _run(args: list[str], cwd: Path, pythonpath: Path | None) -> subprocess.CompletedProcess[str]:
-    """Run Python in a subprocess, with ``pythonpath`` (if given) before any inherited PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
-    if pythonpath is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH", "")) if p)
-    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{args[:2]} failed:\n{result.stderr[-4000:]}"
-    return result
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The contrib distribution, pip-installed offline into a fresh ``--target`` folder."""
-    # build from a copy: an in-tree build would leave build/ and *.egg-info in the checkout
-    source = tmp_path_factory.mktemp("source") / "pruneframe-timm"
-    shutil.copytree(CONTRIB, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
-    target = tmp_path_factory.mktemp("site")
-    _run(["-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check",
-          "--quiet", "--target", str(target), str(source)], cwd=source.parent, pythonpath=None)
-    return target
+    return install_offline(CONTRIB, tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site"))
 
 
 @pytest.fixture(scope="module")
 def report(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = _run(["-c", REPORT_SCRIPT], tmp_path_factory.mktemp("run"), installed).stdout
+    out = run_python(["-c", REPORT_SCRIPT], tmp_path_factory.mktemp("run"), installed).stdout
     line = next(line for line in out.splitlines() if line.startswith("REPORT "))
     return json.loads(line[len("REPORT "):])
 
@@ -403,10 +383,4 @@ def test_channels_first_layer_norm_keeps_channels_in_dim_1(report: dict[str, Any
 
 
 def test_readme_example_runs(installed: Path, tmp_path: Path) -> None:
-    readme = (CONTRIB / "README.md").read_text()
-    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
-    assert len(blocks) == 1, "the README shows one Python example"
-    script = tmp_path / "readme_example.py"
-    script.write_text(blocks[0] + "\nprint('README example OK')\n")
-    result = _run([str(script)], tmp_path, installed)
-    assert result.stdout.rstrip().endswith("README example OK")
+    run_readme_example(CONTRIB, installed, tmp_path)

@@ -11,19 +11,15 @@ channel crossing a LayerNorm/RMSNorm is pruned.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from contrib_support import install_offline, run_python, run_readme_example
 
 pytest.importorskip("transformers")
 
 CONTRIB = Path(__file__).resolve().parents[1] / "contrib" / "pruneframe-transformers"
-PLUGIN_ENV = ("PRUNEFRAME_PLUGINS", "PRUNEFRAME_DISABLE_PLUGINS", "PRUNEFRAME_STRICT_PLUGINS")
 
 SCRIPT = r'''
 import io
@@ -328,30 +324,15 @@ print("RESULT " + json.dumps(R))
 '''
 
 
-def _run(args: list[str], cwd: Path, pythonpath: Path | None) -> subprocess.CompletedProcess[str]:
-    """Run Python in a subprocess, with ``pythonpath`` (if given) before any inherited PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
-    if pythonpath is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH", "")) if p)
-    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{args[:2]} failed:\n{result.stderr[-6000:]}"
-    return result
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The contrib distribution, pip-installed offline into a fresh ``--target`` folder."""
-    source = tmp_path_factory.mktemp("source") / "pruneframe-transformers"  # a copy: no build/ in the checkout
-    shutil.copytree(CONTRIB, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
-    target = tmp_path_factory.mktemp("site")
-    _run(["-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check",
-          "--quiet", "--target", str(target), str(source)], cwd=source.parent, pythonpath=None)
-    return target
+    return install_offline(CONTRIB, tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site"))
 
 
 @pytest.fixture(scope="module")
 def results(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = _run(["-c", SCRIPT], tmp_path_factory.mktemp("run"), installed).stdout
+    out = run_python(["-c", SCRIPT], tmp_path_factory.mktemp("run"), installed).stdout
     [line] = [line for line in out.splitlines() if line.startswith("RESULT ")]
     return json.loads(line[len("RESULT "):])
 
@@ -364,7 +345,7 @@ def test_install_adds_only_the_package_and_its_metadata(installed: Path) -> None
 
 
 def test_cli_lists_the_plugin_through_its_entry_point(installed: Path, tmp_path: Path) -> None:
-    listed = json.loads(_run(["-m", "pruneframe.cli", "plugins"], tmp_path, installed).stdout)
+    listed = json.loads(run_python(["-m", "pruneframe.cli", "plugins"], tmp_path, installed).stdout)
     plugins = {entry["name"]: entry for entry in listed}
     plugin = plugins["transformers"]
     assert (plugin["distribution"], plugin["module"], plugin["builtin"]) == ("pruneframe-transformers", "pruneframe_transformers.plugin", False)
@@ -521,11 +502,4 @@ def test_meta_pruner_defaults_take_gpt2_conv1d_as_linear(results: dict[str, Any]
 
 
 def test_readme_example_runs(installed: Path, tmp_path: Path) -> None:
-    readme = (CONTRIB / "README.md").read_text()
-    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
-    tested = [b for b, before in zip(blocks, readme.split("```python\n")[:-1]) if not before.rstrip().endswith("<!-- not-tested -->")]
-    assert len(tested) == 1, "the README shows one tested Python example"
-    script = tmp_path / "readme_example.py"
-    script.write_text(tested[0] + "\nprint('README example OK')\n")
-    result = _run([str(script)], tmp_path, installed)
-    assert result.stdout.rstrip().endswith("README example OK")
+    run_readme_example(CONTRIB, installed, tmp_path)

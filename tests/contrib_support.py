@@ -1,0 +1,46 @@
+"""Shared by the contrib tests: run Python in a clean subprocess, and pip-install a contrib distribution offline."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+# pruneframe's plugin-selection variables: the subprocesses must find plugins as a fresh user would
+PLUGIN_ENV = ("PRUNEFRAME_PLUGINS", "PRUNEFRAME_DISABLE_PLUGINS", "PRUNEFRAME_STRICT_PLUGINS")
+
+
+def run_python(args: list[str], cwd: Path, pythonpath: Path | None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """Run Python in a subprocess, with ``pythonpath`` (if given) before any inherited PYTHONPATH; it must exit 0."""
+    env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH", "")) if p)
+    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{args[:2]} failed:\n{result.stderr[-6000:]}"
+    return result
+
+
+def install_offline(contrib: Path, workdir: Path, target: Path) -> Path:
+    """pip-install the distribution at ``contrib`` offline into ``target`` (``--target``); returns ``target``.
+
+    It is built from a copy in ``workdir``: an in-tree build would leave build/ and *.egg-info in the checkout.
+    """
+    source = workdir / contrib.name
+    shutil.copytree(contrib, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    run_python(["-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check",
+                "--quiet", "--target", str(target), str(source)], cwd=workdir, pythonpath=None)
+    return target
+
+
+def run_readme_example(contrib: Path, installed: Path, workdir: Path) -> subprocess.CompletedProcess[str]:
+    """Run the one Python example of ``contrib``'s README (blocks after ``<!-- not-tested -->`` are skipped)."""
+    pieces = (contrib / "README.md").read_text().split("```python\n")
+    tested = [after.split("```", 1)[0] for before, after in zip(pieces, pieces[1:])
+              if not before.rstrip().endswith("<!-- not-tested -->")]
+    assert len(tested) == 1, "the README shows one tested Python example"
+    script = workdir / "readme_example.py"
+    script.write_text(tested[0] + "\nprint('README example OK')\n")
+    result = run_python([str(script)], workdir, installed)
+    assert result.stdout.rstrip().endswith("README example OK")
+    return result
