@@ -17,7 +17,7 @@ from .hookspecs import hookimpl
 from .layer_pruner import BasePruningFunc, ChannelDim, Coupling, DeclarativeLayerPruner, LayerPruner, TensorDims
 from .node import Node
 from .plan import load_state_dict, state_dict
-from .plugin_manager import get_registry, reload_plugins
+from .registry import get_registry, reload_plugins
 
 __version__ = "0.1.0"
 

@@ -5,13 +5,13 @@ import argparse
 import json
 import sys
 
-from .plugin_manager import get_registry
+from .registry import build_registry
 
 DATA_FREE = ("l1", "l2", "magnitude", "group_magnitude", "group_norm", "bn_scale", "lamp", "fpgm", "random")
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    json.dump(get_registry().describe(), sys.stdout, indent=2)
+    json.dump(build_registry().describe(failures=True), sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
 

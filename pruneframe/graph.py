@@ -20,7 +20,7 @@ from .errors import PruningError
 from .group import Dependency, Group, GroupItem, IndexMapping, PruneRecord, function_name
 from .layer_pruner import counts_as, validate_idxs
 from .node import Node, Space
-from .plugin_manager import Registry, get_registry
+from .registry import Registry, get_registry
 from .tracer import TraceResult, runs, single_threaded, trace
 
 
@@ -114,6 +114,8 @@ class DependencyGraph:
             if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor)):
                 raise TypeError(f"unwrapped_parameters takes (parameter, dim) pairs, not {item!r}")
             unwrapped.append((item[0], int(item[1])))
+        if self._registry is None:
+            self._registry = get_registry(model)  # loads the plugins of the frameworks the model comes from
         self.model = model
         self._example = (example_inputs, forward_fn, modes[verify_prunes])
         self.ignored_layers = list(ignored_layers or ())
@@ -133,14 +135,9 @@ class DependencyGraph:
         kept = [(layer, "out", f"{self.module2node[layer].name if layer in self.module2node else layer} is an ignored layer")
                 for layer in self.ignored_layers]
         hints = ModuleHints()
-        self._fixups: list[tuple[nn.Module, Any]] = []
-        for module in model.modules():
-            for entry in self.registry.hints:
-                if isinstance(module, entry.module_types):
-                    entry.function(module, hints)
-            for entry in self.registry.fixups:
-                if isinstance(module, entry.module_types):
-                    self._fixups.append((module, entry))
+        hinted, self._fixups = self.registry.module_hooks(model)
+        for module, entry in hinted:
+            entry.function(module, hints)
         kept += hints.kept
         n_ids = self._trace.n_ids
         reasons = dict(self._trace.reasons)

@@ -40,7 +40,7 @@ from torch import nn
 from .group import Group
 from .layer_pruner import DeclarativeLayerPruner, counts_as
 from .node import Node, Space
-from .plugin_manager import UnknownImportanceError, get_registry
+from .registry import UnknownImportanceError, get_registry
 from .tracer import single_threaded
 
 __all__ = [

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 from torch import nn
 
 from .errors import PruningError
-from .plugin_manager import Registry, get_registry
+from .registry import Registry, get_registry
 
 FORMAT = "pruneframe-pruning-plan"
 VERSION = 1

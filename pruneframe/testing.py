@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import ModelStopsRunningError
 from .graph import DependencyGraph
-from .plugin_manager import Registry
+from .registry import Registry
 from .tracer import default_forward, tensors_in
 
 ROOT_NAME = "(model)"
@@ -151,7 +151,7 @@ def check_prune_equivalence(
     """Prune a float64 copy of ``model`` with ``prune(graph, copy)`` and compare it with the masked original.
 
     Returns (relative error, pruned copy, its graph). ``model`` itself is not changed.
-    ``registry`` (from ``pruneframe.plugin_manager.build_registry``) checks
+    ``registry`` (from ``pruneframe.registry.build_registry``) checks
     plugins that are not installed; by default the installed ones are used.
     """
     original = copy.deepcopy(model).to(torch.float64).eval()

@@ -33,7 +33,7 @@ from torch.utils._pytree import tree_flatten
 from . import labels as L
 from .errors import PruningError, UnsupportedOpWarning
 from .node import Node, Space
-from .plugin_manager import Registry
+from .registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -264,12 +264,11 @@ class _Recorder(TorchDispatchMode):
             sizes = [d for d in range(p.dim()) if p.shape[d] > 1]
             dim = sizes[-1] if sizes else p.dim() - 1
         dim = dim % p.dim()
-        entry = self.registry.layer_pruner(nn.Parameter)
-        if entry is None:
+        found = self.registry.resolve(nn.Parameter)
+        if found is None:
             ids = None  # no plugin prunes raw parameters: they stay what they are, a constant
         else:
-            plugin = self.registry.layer_pruner_entry(entry)
-            node = Node(name, param, entry, plugin.plugin if plugin else "<unknown>", kind="parameter", pruning_dim=dim)
+            node = Node(name, param, found.pruner, found.plugin, kind="parameter", pruning_dim=dim)
             self.param_nodes[id(p)] = node
             self.nodes.append(node)
             space = self.allocate(node, "out", p.shape[dim])
@@ -527,15 +526,10 @@ def trace(
     for name, module in model.named_modules():
         if id(module) in inside_leaf:
             continue
-        pruner = registry.layer_pruner(type(module), customized)
-        if pruner is None:
+        found = registry.resolve(type(module), customized)
+        if found is None:
             continue
-        if customized and any(isinstance(module, t) for t in customized) and registry.layer_pruner_entry(pruner) is None:
-            plugin = "<register_customized_layer>"
-        else:
-            entry = registry.layer_pruner_entry(pruner)
-            plugin = entry.plugin if entry else "<register_customized_layer>"
-        leaves[module] = Node(name or "(model)", module, pruner, plugin)
+        leaves[module] = Node(name or "(model)", module, found.pruner, found.plugin)
         for sub in module.modules():
             if sub is not module:
                 inside_leaf.add(id(sub))

@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-# pruneframe's plugin-selection variables: the subprocesses must find plugins as a fresh user would
-PLUGIN_ENV = ("PRUNEFRAME_PLUGINS", "PRUNEFRAME_DISABLE_PLUGINS", "PRUNEFRAME_STRICT_PLUGINS")
+from conftest import subprocess_env
+
 
 
 def run_python(args: list[str], cwd: Path, pythonpath: Path | None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     """Run Python in a subprocess, with ``pythonpath`` (if given) before any inherited PYTHONPATH; it must exit 0."""
-    env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
+    env = subprocess_env()
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH", "")) if p)
     result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -37,7 +37,7 @@ from torch import nn
 
 import pruneframe as tp
 from pruneframe import cli
-from pruneframe.plugin_manager import build_registry
+from pruneframe.registry import build_registry
 from pruneframe.testing import assert_prune_equivalent, masked_reference, randomize_, relative_error
 
 report = {}
@@ -276,7 +276,9 @@ def _consistent(block: dict[str, Any]) -> bool:
 def test_install_adds_only_the_package_and_its_metadata(installed: Path) -> None:
     assert sorted(p.name for p in installed.iterdir()) == ["pruneframe_timm", "pruneframe_timm-0.1.0.dist-info"]
     dist_info = installed / "pruneframe_timm-0.1.0.dist-info"
-    assert (dist_info / "entry_points.txt").read_text().split() == ["[pruneframe.plugins]", "timm", "=", "pruneframe_timm.plugin"]
+    # the plugin, and the framework it is imported for (only once timm is in use)
+    assert sorted((dist_info / "entry_points.txt").read_text().split()) == sorted(
+        ["[pruneframe.plugins]", "timm", "=", "pruneframe_timm.plugin", "[pruneframe.frameworks]", "timm", "=", "timm"])
     metadata = (dist_info / "METADATA").read_text()
     assert "Name: pruneframe-timm" in metadata and "Requires-Dist: timm>=1.0" in metadata
     assert (installed / "pruneframe_timm" / "py.typed").exists()

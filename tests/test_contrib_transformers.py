@@ -213,7 +213,7 @@ except ValueError as exc:
 
 # a prune undone after the config fix-up ran: pruneframe's rollback restores the modules, not the config object they
 # share, so the config is stale; exporting says so, and sync_config brings it back from the weights
-from pruneframe.plugin_manager import build_registry
+from pruneframe.registry import build_registry
 from transformers.models.llama.modeling_llama import LlamaMLP
 
 
@@ -340,7 +340,9 @@ def results(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 def test_install_adds_only_the_package_and_its_metadata(installed: Path) -> None:
     assert sorted(p.name for p in installed.iterdir()) == ["pruneframe_transformers", "pruneframe_transformers-0.1.0.dist-info"]
     entry_points = (installed / "pruneframe_transformers-0.1.0.dist-info" / "entry_points.txt").read_text().split()
-    assert entry_points == ["[pruneframe.plugins]", "transformers", "=", "pruneframe_transformers.plugin"]
+    # the plugin, and the framework it is imported for (only once transformers is in use)
+    assert sorted(entry_points) == sorted(["[pruneframe.plugins]", "transformers", "=", "pruneframe_transformers.plugin",
+                                           "[pruneframe.frameworks]", "transformers", "=", "transformers"])
     assert (installed / "pruneframe_transformers" / "py.typed").exists()
 
 

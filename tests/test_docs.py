@@ -22,7 +22,8 @@ import pytest
 import torch
 
 import pruneframe
-from pruneframe import hookspecs, plugin_manager
+from pruneframe import hookspecs
+from pruneframe.registry import loading
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -111,7 +112,7 @@ def test_doc_example_runs(block: CodeBlock, tmp_path: Path, monkeypatch: pytest.
     namespace: dict[str, Any] = {"__name__": "__doc_example__"}
     environ, path = dict(os.environ), list(sys.path)
     # a block may load plugins into the process-wide registry; later tests must not see them
-    monkeypatch.setattr(plugin_manager, "_registry", getattr(plugin_manager, "_registry", None), raising=False)
+    monkeypatch.setattr(loading, "_process_plugins", loading._process_plugins)
     monkeypatch.chdir(tmp_path)
     try:
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):

@@ -42,14 +42,15 @@ from pruneframe.importance import (
     _members,
     from_name,
 )
-from pruneframe.plugin_manager import ENTRY_POINT_GROUP, UnknownImportanceError, build_registry
+from pruneframe.registry import ENTRY_POINT_GROUP, UnknownImportanceError, build_registry
+
+from conftest import subprocess_env
 
 if sys.version_info >= (3, 12):
     from importlib.metadata import entry_points
 else:
     from importlib_metadata import entry_points
 
-PLUGIN_ENV = ("PRUNEFRAME_PLUGINS", "PRUNEFRAME_DISABLE_PLUGINS", "PRUNEFRAME_STRICT_PLUGINS")
 BUILTIN_NAMES = {
     "magnitude": MagnitudeImportance,
     "group_magnitude": MagnitudeImportance,
@@ -69,9 +70,8 @@ BUILTIN_NAMES = {
 
 
 @pytest.fixture(autouse=True)
-def _no_plugin_selection(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in PLUGIN_ENV:
-        monkeypatch.delenv(var, raising=False)
+def _no_plugin_selection(no_plugin_selection: None) -> None:
+    """Every test here starts from "load everything, leniently"."""
 
 
 def _set(param: torch.Tensor, values: Sequence[Any]) -> None:
@@ -785,7 +785,7 @@ def test_an_installed_distribution_registers_an_importance(tmp_path: Path, monke
 
 
 def test_cli_lists_the_importance_names() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
+    env = subprocess_env()
     out = subprocess.run([sys.executable, "-m", "pruneframe.cli", "plugins"], capture_output=True, text=True,
                          env=env, check=True, timeout=300)
     by_name = {p["name"]: p for p in json.loads(out.stdout)}

@@ -22,11 +22,14 @@ from typing import Any, Callable, Iterator, Protocol
 import pluggy
 import pytest
 import torch
+import torchvision  # noqa: F401 - in use, so the torchvision plugin (loaded only then) is part of the registry
 from torch import nn
 
 import pruneframe
 from pruneframe import PluginLoadError, PluginLoadWarning
-from pruneframe.plugin_manager import ENTRY_POINT_GROUP, ENV_STRICT, Registry, build_registry
+from pruneframe.registry import ENTRY_POINT_GROUP, ENV_STRICT, Registry, build_registry
+
+from conftest import FakeDistributions, subprocess_env
 
 if sys.version_info >= (3, 12):
     from importlib.metadata import entry_points
@@ -70,57 +73,16 @@ FUNCTIONAL_STEMS: dict[str, str] = {
 FUNCTIONAL_NAMES = [f"prune_{stem}_{kind}_channels" for stem in FUNCTIONAL_STEMS for kind in ("out", "in")]
 
 CLI_KEYS = {"name", "distribution", "version", "module", "hooks", "module_types", "ops", "functions"}
-PLUGIN_ENV = ("PRUNEFRAME_PLUGINS", "PRUNEFRAME_DISABLE_PLUGINS", "PRUNEFRAME_STRICT_PLUGINS")
-
-
 def _by_name(registry: Registry) -> dict[str, dict[str, Any]]:
     return {info["name"]: info for info in registry.describe()}
 
 
-def _subprocess_env(**extra: str) -> dict[str, str]:
-    """The current environment without plugin selection, so a developer's settings cannot change the outcome."""
-    env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
-    env.update(extra)
-    return env
+_subprocess_env = subprocess_env
 
 
 @pytest.fixture(autouse=True)
-def _no_plugin_selection(monkeypatch: pytest.MonkeyPatch) -> None:
-    """build_registry() reads the live environment: start every test from "load everything, leniently"."""
-    for var in PLUGIN_ENV:
-        monkeypatch.delenv(var, raising=False)
-
-
-# --- fake third-party distributions -------------------------------------------------
-
-
-class FakeDistributions(Protocol):
-    def __call__(self, dist: str, entry_name: str, module: str, source: str, version: str = "0.1") -> None: ...
-
-
-@pytest.fixture
-def fake_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDistributions]:
-    """Write installed-looking distributions into ``tmp_path`` and put it first on ``sys.path``.
-
-    Modules they import are dropped from ``sys.modules`` afterwards: the next
-    test writes different code under the same name.
-    """
-    pruneframe.get_registry()  # load the process-wide registry first, while sys.path is still clean
-    monkeypatch.syspath_prepend(str(tmp_path))
-    modules: list[str] = []
-
-    def make(dist: str, entry_name: str, module: str, source: str, version: str = "0.1") -> None:
-        info = tmp_path / f"{dist.replace('-', '_')}-{version}.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-        (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{entry_name} = {module}\n")
-        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
-        modules.append(module)
-        importlib.invalidate_caches()  # the directory listing was cached before these files existed
-
-    yield make
-    for module in modules:
-        sys.modules.pop(module, None)
+def _no_plugin_selection(no_plugin_selection: None) -> None:
+    """Every test here starts from "load everything, leniently"."""
 
 
 BROKEN_SOURCE = """

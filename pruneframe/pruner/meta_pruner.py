@@ -28,6 +28,7 @@ from ..errors import PruningError
 from ..graph import DependencyGraph, channel_kind
 from ..group import Group
 from ..importance import NothingToReadError, _members
+from ..registry import get_registry
 
 
 def linear_scheduler(pruning_ratio: float, steps: int) -> list[float]:
@@ -149,7 +150,7 @@ class MetaPruner:
 
         customized_pruners = dict(customized_pruners or {})
         if prune_num_heads:  # a layer pruner that ties head positions by default may offer a whole-heads variant
-            registry = DependencyGraph().registry
+            registry = get_registry(model)
             for module in self.num_heads:
                 pruner = customized_pruners.get(type(module)) or registry.layer_pruner(type(module))
                 variant = getattr(pruner, "with_whole_heads", None)

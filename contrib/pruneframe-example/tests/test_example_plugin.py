@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pruneframe
-from pruneframe.plugin_manager import Registry, build_registry
+from pruneframe.registry import Registry, build_registry
 from pruneframe_example import CustomizedLayer
 from pruneframe_example import plugin as example_plugin
 from pruneframe_example.plugin import CustomizedLayerPruner

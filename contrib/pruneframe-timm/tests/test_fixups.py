@@ -6,7 +6,7 @@ import torch
 from timm.models.vision_transformer import Attention, VisionTransformer
 
 import pruneframe
-from pruneframe.plugin_manager import Registry, build_registry
+from pruneframe.registry import Registry, build_registry
 from pruneframe_timm import plugin as timm_plugin
 from pruneframe_timm.attention import attention_sizes
 from pruneframe_timm.widths import vision_transformer
