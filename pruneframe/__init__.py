@@ -11,11 +11,10 @@ from typing import Any
 
 from . import importance, pruner, utils
 from .errors import ModelStopsRunningError, PluginLoadError, PluginLoadWarning, PruningError, UnsupportedOpWarning
-from .graph import DependencyGraph
-from .group import Dependency, Group, GroupItem, IndexMapping, PruneRecord
+from .graph import Dependency, DependencyGraph, Group, GroupItem, IndexMapping, Member, PruneRecord
 from .hookspecs import hookimpl
 from .layer_pruner import BasePruningFunc, ChannelDim, Coupling, DeclarativeLayerPruner, LayerPruner, TensorDims
-from .node import Node
+from .graph import Node
 from .plan import load_state_dict, state_dict
 from .registry import get_registry, reload_plugins
 
@@ -32,6 +31,7 @@ __all__ = [
     "GroupItem",
     "IndexMapping",
     "LayerPruner",
+    "Member",
     "ModelStopsRunningError",
     "Node",
     "PluginLoadError",

@@ -2,26 +2,34 @@
 
 Every ``Group.prune()`` appends one step to the plan of the graph's model:
 per layer (by its name in the model), whether outputs or inputs were pruned,
-the indices (as they were at that moment) and, for a raw parameter, the
-dimension. Replaying the steps in order on a freshly built, unpruned model of
-the same architecture gives the pruned architecture; loading the weights then
-gives the pruned model. No class is pickled, so a saved file loads wherever
-the model's own code does.
+the indices (as they were at that moment), for a raw parameter the dimension,
+and, for a layer pruned by a pruner registered on the graph
+(``register_customized_layer``), its type name. Replaying the steps in order on
+a freshly built, unpruned model of the same architecture gives the pruned
+architecture; loading the weights then gives the pruned model. No class is
+pickled, so a saved file loads wherever the model's own code does.
 
 ``state_dict(model)`` returns ``{"state_dict": ..., "pruning_plan": ...}``;
-``load_state_dict(fresh_model, state_dict=sd)`` replays and loads. The plan
-alone is readable JSON: ``plan_to_json`` / ``plan_from_json``.
+``load_state_dict(fresh_model, state_dict=sd)`` replays and loads (pass
+``customized_pruners={MyLayer: MyPruner()}`` for layers pruned by your own
+pruners). Replay checks the whole plan against the model first, then applies
+it as one transaction, the same one ``Group.prune()`` uses: on any error the
+model is left exactly as it was, and it is never copied. The plan alone is
+readable JSON: ``plan_to_json`` / ``plan_from_json``.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import json
-from typing import Any, Iterable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
 from .errors import PruningError
+from .graph.transaction import Transaction
 from .registry import Registry, get_registry
+from .registry.entries import CUSTOMIZED
 
 FORMAT = "pruneframe-pruning-plan"
 VERSION = 1
@@ -29,8 +37,18 @@ _ATTRIBUTE = "_pruneframe_plan"  # kept in the module's __dict__: copied with it
 
 
 def record(model: nn.Module, step: list[dict[str, Any]]) -> None:
-    """Append one pruned group (``{"layer", "kind", "idxs"[, "dim"]}`` per layer) to ``model``'s plan."""
+    """Append one pruned group (``{"layer", "kind", "idxs"[, "dim"][, "customized"]}`` per layer) to ``model``'s plan."""
     model.__dict__.setdefault(_ATTRIBUTE, []).append(step)
+
+
+def entry_of(node: Any, kind: str, idxs: list[int]) -> dict[str, Any]:
+    """The plan entry for pruning ``kind`` channels ``idxs`` of a graph node."""
+    entry: dict[str, Any] = {"layer": node.name, "kind": kind, "idxs": [int(i) for i in idxs]}
+    if node.kind == "parameter":
+        entry["dim"] = int(node.pruning_dim)
+    elif node.plugin == CUSTOMIZED:
+        entry["customized"] = type(node.module).__qualname__
+    return entry
 
 
 def get_plan(model: nn.Module) -> dict[str, Any]:
@@ -58,13 +76,12 @@ def plan_from_json(text_or_path: str) -> dict[str, Any]:
     return _checked(json.loads(text))
 
 
-def apply_plan(model: nn.Module, plan: dict[str, Any], registry: Registry | None = None) -> nn.Module:
+def apply_plan(model: nn.Module, plan: dict[str, Any], registry: Registry | None = None,
+               customized_pruners: Mapping[type, Any] | None = None) -> nn.Module:
     """Prune ``model`` (freshly built, unpruned) as ``plan`` says; all of it or, on any error, none of it."""
     _checked(plan)
-    registry = registry or get_registry()
-    trial = copy.deepcopy(model)  # replay on a copy first: an error there leaves the user's model untouched
-    _replay(trial, plan, registry)
-    _replay(model, plan, registry)
+    _replay(model, plan, registry or get_registry(model), customized_pruners)
+    record_plan(model, plan)
     return model
 
 
@@ -73,11 +90,14 @@ def state_dict(model: nn.Module) -> dict[str, Any]:
     return {"state_dict": model.state_dict(), "pruning_plan": get_plan(model)}
 
 
-def load_state_dict(model: nn.Module, state_dict: dict[str, Any], registry: Registry | None = None) -> nn.Module:
+def load_state_dict(model: nn.Module, state_dict: dict[str, Any], registry: Registry | None = None,
+                    customized_pruners: Mapping[type, Any] | None = None) -> nn.Module:
     """Prune a freshly built ``model`` by ``state_dict``'s plan, then load its weights (strictly).
 
-    A plain ``model.state_dict()`` (no plan) is loaded as it is. If the plan does
-    not fit the model, or the weights do not fit the pruned model, nothing changes.
+    A plain ``model.state_dict()`` (no plan) is loaded as it is. Layers that
+    were pruned by pruners registered on a graph need the same pruners here:
+    ``customized_pruners={MyLayer: MyPruner()}``. If the plan does not fit the
+    model, or the weights do not fit the pruned model, nothing changes.
     """
     if not isinstance(state_dict, dict):
         raise TypeError(f"load_state_dict takes the dict pruneframe.state_dict returned, not {type(state_dict).__name__}")
@@ -85,62 +105,125 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, Any], registry: Regi
         model.load_state_dict(state_dict)
         return model
     plan, weights = _checked(state_dict["pruning_plan"]), state_dict["state_dict"]
-    registry = registry or get_registry()
-    trial = copy.deepcopy(model)
-    _replay(trial, plan, registry)
-    try:
-        trial.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise PruningError(
-            f"the weights do not fit the model pruned by its plan ({exc}); was the model built with the same "
+    transaction = _replay(model, plan, registry or get_registry(model), customized_pruners)
+    mismatch = _misfit(model.state_dict(), weights)
+    if mismatch:
+        transaction.fail(PruningError(
+            f"the weights do not fit the model pruned by its plan ({mismatch}); was the model built with the same "
             "configuration as the one that was pruned? It was left as it was."
-        ) from exc
-    del trial
-    _replay(model, plan, registry)
-    model.load_state_dict(weights)
+        ))
+    model.load_state_dict(weights)  # names and shapes match: copying the values cannot fail now
+    record_plan(model, plan)
     return model
 
 
-def _replay(model: nn.Module, plan: dict[str, Any], registry: Registry) -> None:
+def record_plan(model: nn.Module, plan: dict[str, Any]) -> None:
+    """Mark ``model`` as pruned by ``plan`` (a replayed model can be saved and replayed again)."""
+    for step in plan["steps"]:
+        record(model, copy.deepcopy(step))
+
+
+def _misfit(expected: Mapping[str, Any], weights: Mapping[str, Any]) -> str | None:
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [f"{k}: {tuple(weights[k].shape)} for {tuple(v.shape)}" for k, v in expected.items()
+              if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(v.shape)]
+    parts = []
+    for what, names in (("missing", missing), ("unexpected", unexpected), ("size mismatch", shapes)):
+        if names:
+            parts.append(f"{what}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}")
+    return "; ".join(parts) or None
+
+
+_Op = tuple[str, Callable[[], Any], Any]  # what, how, the module or parameter it changes
+
+
+def _replay(model: nn.Module, plan: dict[str, Any], registry: Registry,
+            customized: Mapping[type, Any] | None) -> Transaction:
+    """Check the whole plan against ``model``, then apply it as one transaction (returned, to undo on a later failure)."""
     if model.__dict__.get(_ATTRIBUTE):
         raise PruningError(
             "this model was already pruned; a plan replays on a freshly built, unpruned model of the same architecture"
         )
+    steps = _resolve(model, plan, registry, dict(customized or {}))
+    _, fixups = registry.module_hooks(model)
+    changed = [target for ops in steps for _, _, target in ops]
+    transaction = Transaction([t for t in changed if isinstance(t, nn.Module)] + [m for m, _ in fixups],
+                              [t for t in changed if not isinstance(t, nn.Module)])
+    for ops in steps:
+        for what, op, _ in ops:
+            transaction.run(what, op)
+        for module, entry in fixups:
+            transaction.run(f"the fix-up {entry.name!r} of plugin {entry.plugin!r} on {type(module).__name__}",
+                            functools.partial(entry.function, module))
+    return transaction
+
+
+def _resolve(model: nn.Module, plan: dict[str, Any], registry: Registry, customized: dict[type, Any]) -> list[list[_Op]]:
+    """Every step of ``plan`` as operations on ``model``; raises, before anything changes, where one cannot apply."""
+    widths: dict[tuple[str, str], int] = {}  # the channels each layer will have at this point of the replay
+    steps: list[list[_Op]] = []
     for k, step in enumerate(plan["steps"]):
+        ops: list[_Op] = []
         for entry in step:
-            _prune_one(model, entry, registry, k)
-        for module in model.modules():
-            for fixup in registry.fixups:
-                if isinstance(module, fixup.module_types):
-                    fixup.function(module)
-        record(model, copy.deepcopy(step))
+            name, kind, idxs = entry["layer"], entry["kind"], list(entry["idxs"])
+            where = f"step {k} of the plan, layer {name!r}"
+            if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in idxs) or len(set(idxs)) != len(idxs):
+                raise PruningError(f"{where}: indices must be distinct non-negative ints; the plan is damaged")
+            if "dim" in entry:
+                target, fn, label, width, key = _parameter_op(model, entry, registry, where)
+            else:
+                target, fn, label, width, key = _layer_op(model, entry, registry, customized, where)
+            if width is not None:
+                current = widths.get(key, width)
+                if idxs and max(idxs) >= current:
+                    raise PruningError(f"{where}: index {max(idxs)} is out of range for its {current} {key[1]}put "
+                                       "channels at this step; the plan is for another architecture or configuration")
+                widths[key] = current - len(idxs)
+            ops.append((f"{where} ({label})", functools.partial(fn, target, idxs), target))
+        steps.append(ops)
+    return steps
 
 
-def _prune_one(model: nn.Module, entry: dict[str, Any], registry: Registry, step: int) -> None:
-    name, kind, idxs = entry["layer"], entry["kind"], list(entry["idxs"])
-    where = f"step {step} of the plan, layer {name!r}"
-    if "dim" in entry:
-        try:
-            target: Any = model.get_parameter(name)
-        except AttributeError as exc:
-            raise PruningError(f"{where}: the model has no parameter {name!r}; the plan is for another architecture") from exc
-        pruner = registry.layer_pruner(nn.Parameter)
-        if pruner is None:
-            raise PruningError(f"{where}: no installed plugin prunes raw parameters")
-        pruner.prune_out_channels(target, idxs, dim=int(entry["dim"]))
-        return
+def _parameter_op(model: nn.Module, entry: dict[str, Any], registry: Registry, where: str):
+    name, dim = entry["layer"], int(entry["dim"])
+    try:
+        target = model.get_parameter(name)
+    except AttributeError as exc:
+        raise PruningError(f"{where}: the model has no parameter {name!r}; the plan is for another architecture") from exc
+    found = registry.resolve(nn.Parameter)
+    if found is None:
+        raise PruningError(f"{where}: no installed plugin prunes raw parameters")
+    if not -target.dim() <= dim < target.dim():
+        raise PruningError(f"{where}: the parameter has {target.dim()} dimensions, not dim {dim}; the plan is for another architecture")
+    return target, registry.handler(found.pruner, "out", dim), f"plugin {found.plugin!r}, dim {dim}", target.shape[dim], (name, "out")
+
+
+def _layer_op(model: nn.Module, entry: dict[str, Any], registry: Registry, customized: dict[type, Any], where: str):
+    name, kind = entry["layer"], entry["kind"]
     try:
         target = model.get_submodule("" if name == "(model)" else name)
     except AttributeError as exc:
         raise PruningError(f"{where}: the model has no layer {name!r}; the plan is for another architecture") from exc
-    pruner = registry.layer_pruner(type(target))
-    if pruner is None:
-        raise PruningError(f"{where}: no installed plugin prunes {type(target).__name__}; install the plugin that pruned it")
-    fn = pruner.prune_out_channels if kind == "out" else pruner.prune_in_channels
-    try:
-        fn(target, idxs)
-    except (IndexError, ValueError) as exc:
-        raise PruningError(f"{where}: {exc}; the plan does not fit this model") from exc
+    layer_type = type(target).__qualname__
+    found = registry.resolve(type(target), customized)
+    if entry.get("customized") and (found is None or found.plugin != CUSTOMIZED):
+        raise PruningError(
+            f"{where}: this {layer_type} was pruned by a pruner registered on the graph (register_customized_layer); "
+            f"pass the same pruner: load_state_dict(model, state_dict=sd, customized_pruners={{{layer_type}: "
+            f"{layer_type}Pruner()}}) (or apply_plan(..., customized_pruners=...))"
+        )
+    if found is None:
+        raise PruningError(f"{where}: no installed plugin prunes {layer_type}; install the plugin that pruned it, or pass "
+                           f"customized_pruners={{{layer_type}: ...}}")
+    pruner = found.pruner
+    coupled = bool(pruner.in_out_coupled(target)) if callable(getattr(pruner, "in_out_coupled", None)) else False
+    width = None
+    if found.plugin != CUSTOMIZED:  # a user's own get_*_channels may be wrong; the replay itself then checks ranges
+        count = pruner.get_out_channels(target) if kind == "out" or coupled else pruner.get_in_channels(target)
+        width = count if isinstance(count, int) else None
+    label = f"plugin {found.plugin!r}, {kind}put channels"
+    return target, registry.handler(pruner, kind), label, width, (name, "out" if coupled else kind)
 
 
 def _checked(plan: Any) -> dict[str, Any]:
@@ -155,15 +238,4 @@ def _checked(plan: Any) -> dict[str, Any]:
     return plan
 
 
-def steps_of(items: Iterable[tuple[Any, str, list[int]]]) -> list[dict[str, Any]]:
-    """Plan entries for pruned (node, kind, idxs)."""
-    step = []
-    for node, kind, idxs in items:
-        entry: dict[str, Any] = {"layer": node.name, "kind": kind, "idxs": [int(i) for i in idxs]}
-        if node.kind == "parameter":
-            entry["dim"] = int(node.pruning_dim)
-        step.append(entry)
-    return step
-
-
-__all__ = ["apply_plan", "get_plan", "load_state_dict", "plan_from_json", "plan_to_json", "record", "state_dict"]
+__all__ = ["apply_plan", "entry_of", "get_plan", "load_state_dict", "plan_from_json", "plan_to_json", "record", "state_dict"]

@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_flatten
 
 from . import labels as L
 from .errors import PruningError, UnsupportedOpWarning
-from .node import Node, Space
+from .graph.node import Node, Space
 from .registry import Registry
 
 logger = logging.getLogger(__name__)

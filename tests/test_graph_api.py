@@ -30,7 +30,7 @@ def test_concat_offsets_are_exact() -> None:
     model = TwoBranch()
     DG = tp.DependencyGraph().build_dependency(model, X)
     group = DG.get_pruning_group(model.b, tp.prune_conv_out_channels, [0, 2, 5])
-    found = {dep.target.name: (tp.group.function_name(dep.handler), idxs) for dep, idxs in group}
+    found = {dep.target.name: (tp.graph.function_name(dep.handler), idxs) for dep, idxs in group}
     assert found == {"b": ("prune_out_channels", [0, 2, 5]), "mix": ("prune_in_channels", [4, 6, 9])}
     mix_dep = next(dep for dep, _ in group if dep.target.module is model.mix)
     assert mix_dep.index_mapping([1]) == [5]
@@ -194,7 +194,7 @@ def test_pruning_works_for_every_functional_trigger_of_bn() -> None:
 
 def _grouping(model: nn.Module, x) -> tuple[str, list]:
     DG = tp.DependencyGraph().build_dependency(model, x)
-    groups = [[(dep.target.name, tp.group.function_name(dep.handler), idxs) for dep, idxs in g] for g in DG.get_all_groups()]
+    groups = [[(dep.target.name, tp.graph.function_name(dep.handler), idxs) for dep, idxs in g] for g in DG.get_all_groups()]
     return DG._trace.mode, groups
 
 
@@ -242,3 +242,22 @@ def test_the_trace_pauses_garbage_collection_and_restores_it(enabled_before: boo
         (gc.enable if was else gc.disable)()
     assert seen and not any(seen)  # no collection while the model ran under the tracer
     assert after is enabled_before
+
+
+def test_a_group_exposes_its_coupling_as_public_records() -> None:
+    """Criteria and pruners read groups through Dependency.kind and Group.members(), never handler names."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    DG = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 8, 8))
+    group = DG.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs=[1, 5])
+    assert [(dep.target.name, dep.kind) for dep, _ in group] == [("0", "out"), ("1", "out"), ("4", "in")]
+    assert group.root is DG.module2node[model[0]] and group.root_space is group.root.out_space
+    members = group.members()
+    assert [m.layer for m in members] == [model[0], model[1], model[4]]
+    flat = members[2]  # each conv channel is 36 inputs of the linear layer, all going with that root index
+    assert flat.idxs.tolist() == [*range(36, 72), *range(180, 216)]
+    assert flat.root_pos.tolist() == [0] * 36 + [1] * 36 and flat.idxs[flat.member_pos].tolist() == flat.idxs.tolist()
+    with pytest.raises(AttributeError):
+        members[0].node = None  # frozen records
+    group.prune()
+    with pytest.raises(ValueError, match="older than a prune"):
+        group.members()

@@ -39,7 +39,6 @@ from pruneframe.importance import (
     RandomImportance,
     TaylorImportance,
     UnscorableGroupError,
-    _members,
     from_name,
 )
 from pruneframe.registry import ENTRY_POINT_GROUP, UnknownImportanceError, build_registry
@@ -454,7 +453,7 @@ def test_transposed_conv_reads_columns_for_outputs_and_rows_for_inputs() -> None
 
 def _check_mapping(group: Any) -> None:
     """The vectorised mapping agrees with the public IndexMapping, one root index at a time."""
-    members = list(_members(group))
+    members = group.members()
     assert len(members) == len(group)
     for member, (dep, idxs) in zip(members, group):
         assert member.idxs.tolist() == list(idxs)

@@ -15,7 +15,7 @@ def mapping(model: nn.Module, x, layer: nn.Module, idxs: list[int], fn=None) -> 
     DG = tp.DependencyGraph().build_dependency(model, x)
     group = DG.get_pruning_group(layer, fn or DG.get_pruner_of_module(layer).prune_out_channels, idxs)
     assert DG.check_pruning_group(group), group.problems()
-    return {f"{dep.target.name}.{'in' if 'in_channels' in tp.group.function_name(dep.handler) else 'out'}": idxs
+    return {f"{dep.target.name}.{'in' if 'in_channels' in tp.graph.function_name(dep.handler) else 'out'}": idxs
             for dep, idxs in group}
 
 

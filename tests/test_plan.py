@@ -119,3 +119,97 @@ def test_a_plain_state_dict_still_loads() -> None:
     a, b = nn.Linear(3, 2), nn.Linear(3, 2)
     tp.load_state_dict(b, state_dict=a.state_dict())
     assert torch.equal(a.weight, b.weight)
+
+
+# --- one way to apply a prune: validated first, one transaction, customized pruners, no copy of the model ---------
+
+EXAMPLE = __import__("pathlib").Path(__file__).resolve().parents[1] / "docs" / "examples" / "custom_layer.py"
+
+
+def _pruned_custom_layer_example() -> dict:
+    import contextlib
+    import runpy
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        namespace = runpy.run_path(str(EXAMPLE))  # builds FullyConnectedNet, prunes it through MyPruner
+    with torch.no_grad():
+        for p in namespace["model"].parameters():  # the example leaves some parameters uninitialised
+            p.copy_(torch.randn_like(p))
+    return namespace
+
+
+def _state(model: nn.Module) -> list:
+    return [(n, t.shape, t.clone()) for n, t in [*model.named_parameters(), *model.named_buffers()]]
+
+
+def _same_state(model: nn.Module, before: list) -> bool:
+    now = [*model.named_parameters(), *model.named_buffers()]
+    return len(now) == len(before) and all(n == m and t.shape == s and torch.equal(t, v)
+                                           for (n, t), (m, s, v) in zip(now, before))
+
+
+def test_a_model_with_a_customized_layer_reloads_with_its_pruner() -> None:
+    ns = _pruned_custom_layer_example()
+    model, x = ns["model"], torch.randn(2, 128)
+    sd = roundtrip(tp.state_dict(model))
+    assert any(e.get("customized") == "CustomizedLayer" for step in sd["pruning_plan"]["steps"] for e in step)
+
+    fresh = ns["FullyConnectedNet"](128, 10, 256)
+    before = _state(fresh)
+    with pytest.raises(tp.PruningError, match=r"CustomizedLayer.*customized_pruners=\{CustomizedLayer"):
+        tp.load_state_dict(fresh, state_dict=sd)
+    assert _same_state(fresh, before) and fresh.customized_layer.in_dim == 256, "the refused load changed the model"
+
+    tp.load_state_dict(fresh, state_dict=sd, customized_pruners={ns["CustomizedLayer"]: ns["MyPruner"]()})
+    assert fresh.customized_layer.in_dim == 253 and fresh.fc1.out_features == 253
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+    # apply_plan takes them too
+    again = ns["FullyConnectedNet"](128, 10, 256)
+    apply_plan(again, sd["pruning_plan"], customized_pruners={ns["CustomizedLayer"]: ns["MyPruner"]()})
+    assert [p.shape for p in again.parameters()] == [p.shape for p in model.parameters()]
+
+
+def test_a_plan_is_checked_whole_before_anything_changes() -> None:
+    x = torch.randn(1, 3, 32, 32)
+    model = pruned(lambda: torchvision.models.resnet18(weights=None), x, ignored=lambda m: [m.fc])
+    plan = get_plan(model)
+    assert len(plan["steps"]) > 2
+    for damage, complaint in ((lambda e: e.update(layer="layer9.conv1"), "has no layer 'layer9.conv1'"),
+                              (lambda e: e.update(idxs=[10_000]), "index 10000 is out of range"),
+                              (lambda e: e.update(idxs=[3, 3]), "distinct non-negative ints")):
+        bad = json.loads(json.dumps(plan))
+        damage(bad["steps"][-1][0])  # the last step: every earlier one would apply
+        fresh = torchvision.models.resnet18(weights=None)
+        before = _state(fresh)
+        with pytest.raises(tp.PruningError, match=complaint):
+            apply_plan(fresh, bad)
+        assert _same_state(fresh, before), complaint
+
+
+def test_a_failure_while_replaying_restores_the_whole_model_without_copying_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    ns = _pruned_custom_layer_example()
+    sd = tp.state_dict(ns["model"])
+
+    class FailingPruner(ns["MyPruner"]):
+        def prune_out_channels(self, layer, idxs):
+            raise RuntimeError("the pruner broke")
+
+        prune_in_channels = prune_out_channels
+
+    real = copy.deepcopy
+    monkeypatch.setattr(copy, "deepcopy", lambda obj, *a, **k: pytest.fail("the model was copied")
+                        if isinstance(obj, nn.Module) else real(obj, *a, **k))
+    fresh = ns["FullyConnectedNet"](128, 10, 256)
+    before = _state(fresh)
+    with pytest.raises(tp.PruningError, match=r"layer 'customized_layer'.*the pruner broke.*as it was"):
+        tp.load_state_dict(fresh, state_dict=sd, customized_pruners={ns["CustomizedLayer"]: FailingPruner()})
+    assert _same_state(fresh, before) and fresh.fc1.out_features == 256  # fc1 was pruned first, then restored
+    assert not get_plan(fresh)["steps"]
+
+    wrong = {"state_dict": {k: v[:1] if v.dim() else v for k, v in sd["state_dict"].items()}, "pruning_plan": sd["pruning_plan"]}
+    with pytest.raises(tp.PruningError, match="do not fit the model pruned by its plan.*size mismatch"):
+        tp.load_state_dict(fresh, state_dict=wrong, customized_pruners={ns["CustomizedLayer"]: ns["MyPruner"]()})
+    assert _same_state(fresh, before) and not get_plan(fresh)["steps"]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import pruneframe as tp
-from pruneframe.group import function_name
+from pruneframe.graph import function_name
 from pruneframe.testing import check_prune_equivalence, prune_random
 
 torch.manual_seed(0)

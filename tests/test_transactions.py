@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pruneframe as tp
+from pruneframe.graph import dependency_graph
 from pruneframe import PruningError
 
 
@@ -261,8 +262,8 @@ def test_verify_prunes_off_lets_the_prune_through(off) -> None:
 def test_prunes_are_run_only_where_the_code_gave_sizes(monkeypatch) -> None:
     """"auto" runs the model after a prune whose channels met a view; a plain conv stack needs no run."""
     calls = []
-    real_runs = tp.graph.runs
-    monkeypatch.setattr(tp.graph, "runs", lambda *a, **k: calls.append(1) or real_runs(*a, **k))
+    real_runs = dependency_graph.runs
+    monkeypatch.setattr(dependency_graph, "runs", lambda *a, **k: calls.append(1) or real_runs(*a, **k))
     convs = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
     DG = tp.DependencyGraph().build_dependency(convs, torch.randn(1, 3, 8, 8))
     DG.get_pruning_group(convs[0], tp.prune_conv_out_channels, [1]).prune()

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from ..errors import PruningError
-from ..graph import DependencyGraph, channel_kind
-from ..group import Group
-from ..importance import NothingToReadError, _members
+from ..graph import DependencyGraph, Group
+from ..graph.components import connected_components
+from ..importance import NothingToReadError
 from ..registry import get_registry
 
 
@@ -259,47 +259,47 @@ class MetaPruner:
         return list(self.DG.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=self.root_module_types))
 
     def _candidate(self, group: Group) -> _Candidate | None:
-        root_dep = group[0].dep
-        root, trigger = root_dep.target.module, root_dep.trigger
-        node = self.DG.module2node[root]
-        kind = "out" if node.kind == "parameter" else channel_kind(trigger)
-        space = node.space(kind)
-        root_idxs = list(group.root_idxs)
+        node, space = group.root, group.root_space
+        root, trigger = node.module, group[0].dep.trigger
+        root_idxs = torch.as_tensor(group.root_idxs, dtype=torch.long)
         scores = self.estimate_importance(group)
         if scores is None:
             return None
         scores = torch.as_tensor(scores, dtype=torch.float64).flatten().cpu()
-        if scores.numel() != len(root_idxs):
+        if scores.numel() != root_idxs.numel():
             raise PruningError(
                 f"the importance {type(self.importance).__name__} gave {scores.numel()} scores for a group whose root "
-                f"{node.name} has {len(root_idxs)} prunable channels: it must give one score per root channel"
+                f"{node.name} has {root_idxs.numel()} prunable channels: it must give one score per root channel"
             )
         if not bool(torch.isfinite(scores).all()):
             raise PruningError(f"the importance {type(self.importance).__name__} gave non-finite scores for {node.name}")
-        score_of = dict(zip(root_idxs, scores.tolist()))
-        blocks, heads_mode = self._blocks(group)
-        if not blocks:
+        labels, heads_mode = self._block_labels(group)
+        if labels is None:
             return None
-        traced_blocks = [space.original_positions(torch.as_tensor(b, dtype=torch.long)) for b in blocks]
-        block_scores = torch.tensor([sum(score_of[i] for i in b) / len(b) for b in blocks], dtype=torch.float64)
+        counts = torch.bincount(labels)
+        block_scores = torch.zeros(counts.numel(), dtype=torch.float64).index_add_(0, labels, scores) / counts
+        traced = space.original_positions(root_idxs)[torch.argsort(labels, stable=True)]
+        blocks = list(torch.split(traced, counts.tolist()))
         ratio = self._head_ratio(group) if heads_mode else self.get_target_pruning_ratio(root)
-        return _Candidate(root, trigger, space, traced_blocks, block_scores, self._original.get(root, space.size), ratio,
+        return _Candidate(root, trigger, space, blocks, block_scores, self._original.get(root, space.size), ratio,
                           self._scope_of(group, root, node.name))
 
-    def _blocks(self, group: Group) -> tuple[list[list[int]], bool]:
-        """Root channels that can only go together, and whether they are whole heads.
+    def _block_labels(self, group: Group) -> tuple[torch.Tensor | None, bool]:
+        """For each root index the block it can only go with (numbered from 0), and whether blocks are whole heads.
 
         Traced ties come first; then, for every layer of the group whose output
         channels have ``out_channel_groups`` or ``num_heads`` declared, position j
         of each part goes together (channel groups, head dims) or each part goes
         whole (heads, with ``prune_num_heads``), mapped onto the root's indices.
+        None: neither the heads of a declared layer nor their widths may change.
         """
-        blocks = group.root_blocks()
+        labels = group.root_block_labels()
         heads_mode = False
         whole_heads: list[str] = []
-        for member in _members(group):
-            module = member.node.module
-            if member.space.kind != "out" or not (module in self.out_channel_groups or module in self.num_heads):
+        keys: list[torch.Tensor] = []
+        for member in group.members():
+            module = member.layer
+            if member.kind != "out" or not (module in self.out_channel_groups or module in self.num_heads):
                 continue
             width = member.space.current_size
             rules = []
@@ -313,7 +313,7 @@ class MetaPruner:
                 elif self.prune_head_dims:
                     rules.append((heads, False))
                 else:
-                    return [], False  # neither its heads nor their widths may change
+                    return None, False
             for parts, whole in rules:
                 if whole:
                     whole_heads.append(f"{member.node.name} ({parts} heads)")
@@ -322,15 +322,12 @@ class MetaPruner:
                                      f"{'heads' if module in self.num_heads else 'channel groups'} do not divide")
                 size = width // parts
                 channel = member.idxs[member.member_pos]
-                keys = (channel // size) if whole else (channel % size)
-                root_of = torch.as_tensor(list(group.root_idxs))[member.root_pos]
-                key_of_root: dict[int, int] = {}
-                for r, k in zip(root_of.tolist(), keys.tolist()):
-                    key_of_root.setdefault(r, k)
-                blocks = _merge(blocks, lambda r, table=key_of_root: table.get(r, -1 - r))
-        if heads_mode and len(blocks) == 1:  # the trace ties channels of different heads: every head goes or none
+                keys.append(_first_key_per_root(labels.numel(), member.root_pos, (channel // size) if whole else (channel % size)))
+        if keys:
+            labels = _join(labels, keys)
+        if heads_mode and int(labels.max()) == 0:  # the trace ties channels of different heads: every head goes or none
             raise _HeadsTiedError(", ".join(whole_heads))
-        return blocks, heads_mode
+        return labels, heads_mode
 
     def _head_ratio(self, group: Group) -> float:
         """The head pruning ratio of the group's attention layer(s) (the largest, if several are declared)."""
@@ -338,10 +335,10 @@ class MetaPruner:
 
     def _scope_of(self, group: Group, root: Any, name: str) -> str:
         for dep, _ in group:
-            if dep.target.module in self._layer_scope and channel_kind(dep.handler) == "out":
+            if dep.target.module in self._layer_scope and dep.kind == "out":
                 return self._layer_scope[dep.target.module]
         if self.isomorphic and self.global_pruning:
-            return "iso:" + "|".join(f"{type(d.target.module).__name__}.{channel_kind(d.handler)}" for d, _ in group)
+            return "iso:" + "|".join(f"{type(d.target.module).__name__}.{d.kind}" for d, _ in group)
         if self.global_pruning:
             return "global"
         return f"local:{name}"
@@ -404,30 +401,21 @@ def _select(c: _Candidate, want: int) -> torch.Tensor:
     return torch.cat(taken) if taken else torch.empty(0, dtype=torch.long)
 
 
-def _merge(blocks: list[list[int]], key: Callable[[int], int]) -> list[list[int]]:
-    """Join blocks that share a key (union-find over the blocks)."""
-    parent = list(range(len(blocks)))
+def _first_key_per_root(n: int, root_pos: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Per root index, the key of the first of its channels (-1 for a root index with none)."""
+    first = torch.full((n,), keys.numel(), dtype=torch.long).scatter_reduce_(0, root_pos, torch.arange(keys.numel()), "amin")
+    return torch.where(first < keys.numel(), torch.cat([keys, keys.new_full((1,), -1)])[first], torch.full_like(first, -1))
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
 
-    first: dict[int, int] = {}
-    for b, block in enumerate(blocks):
-        for i in block:
-            k = key(i)
-            if k in first:
-                ra, rb = find(first[k]), find(b)
-                if ra != rb:
-                    parent[rb] = ra
-            else:
-                first[k] = b
-    merged: dict[int, list[int]] = {}
-    for b, block in enumerate(blocks):
-        merged.setdefault(find(b), []).extend(block)
-    return [sorted(v) for v in merged.values()]
+def _join(labels: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
+    """Blocks of ``labels`` joined wherever two root indices share a key of ``keys`` (-1 shares nothing), renumbered from 0."""
+    n = labels.numel()
+    edges = []
+    for key in [labels, *keys]:
+        order = torch.argsort(key, stable=True)
+        same = (key[order][1:] == key[order][:-1]) & (key[order][1:] >= 0)
+        edges.append(torch.stack([order[:-1][same], order[1:][same]]))
+    return torch.unique(connected_components(n, torch.cat(edges, 1)), return_inverse=True)[1]
 
 
 def _schedule(scheduler: Callable[[float, int], Sequence[float]], ratio: float, steps: int) -> list[float]:

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..importance import LayerChannels, _layer_channels, _members
+from ..graph import Group, Member
+from ..importance import LayerChannels, read_channels
 from .meta_pruner import MetaPruner
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
@@ -38,19 +39,14 @@ class _Regularized(MetaPruner):
     def update_regularizer(self) -> None:
         self._groups = self._all_groups()
 
-    def _parts(self, group) -> list[tuple[LayerChannels, torch.Tensor]]:
+    def _parts(self, group: Group) -> list[tuple[LayerChannels, Member]]:
         """Each readable member of ``group``: how to read its channels, and the root index of each of them."""
         parts = []
-        for member in _members(group):
-            channels = _layer_channels(member.node, member.space, member.idxs)
+        for member in group.members():
+            channels = read_channels(member)
             if channels is not None and isinstance(channels.weight, nn.Parameter):
                 parts.append((channels, member))
         return parts
-
-
-def _rows_live(channels: LayerChannels, tensor: torch.Tensor) -> torch.Tensor:
-    """The channels' entries of ``tensor`` without detaching (so a penalty on them has a gradient)."""
-    return channels._rows(tensor, channels.idxs.to(tensor.device))
 
 
 def _add_grad(penalty: torch.Tensor, params: list[nn.Parameter]) -> None:
@@ -86,7 +82,7 @@ class BNScalePruner(_Regularized):
             params = [channels.layer.weight for channels, _ in norms]
             squares = torch.zeros(n, dtype=torch.float32)
             for channels, member in norms:
-                rows = _rows_live(channels, channels.layer.weight).float().pow(2).sum(1)
+                rows = channels.rows_live(channels.layer.weight).float().pow(2).sum(1)
                 squares = squares.index_add(0, member.root_pos, rows[member.member_pos])
             _add_grad(reg * squares.clamp_min(1e-12).sqrt().sum(), params)
 
@@ -110,7 +106,7 @@ class GroupNormPruner(_Regularized):
             squares = torch.zeros(n, dtype=torch.float32)
             params: list[nn.Parameter] = []
             for channels, member in parts:
-                rows = _rows_live(channels, channels.weight).float().pow(2).sum(1)
+                rows = channels.rows_live(channels.weight).float().pow(2).sum(1)
                 if bias and channels.bias is not None:
                     rows = rows + channels.bias[channels.idxs].float().pow(2)
                     params.append(channels.bias)

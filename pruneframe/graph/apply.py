@@ -1,0 +1,93 @@
+"""``PruneApplier``: how a graph's groups are pruned — validated, applied as one transaction with the fix-ups, checked, recorded."""
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .. import plan
+from ..errors import ModelStopsRunningError, PruningError
+from .dependency import PruneRecord, function_name
+from .node import Node
+from .transaction import Transaction
+
+if TYPE_CHECKING:
+    from .couplings import ChannelCoupling
+    from .group import Group
+
+
+class PruneApplier:
+    """Applies the groups of one traced model.
+
+    ``still_runs(ids)`` answers whether the model still runs after a prune of
+    channel ids ``ids`` (None, or why not); ``regroup(module, fn, idxs)`` draws a
+    fresh group from the graph.
+    """
+
+    def __init__(self, model: nn.Module, fixups: list[tuple[nn.Module, Any]], coupling: "ChannelCoupling",
+                 still_runs: Callable[[torch.Tensor], str | None], regroup: Callable[[Any, Any, Sequence[int]], "Group"]):
+        self.model = model
+        self.fixups = fixups
+        self.coupling = coupling
+        self.still_runs = still_runs
+        self.regroup = regroup
+        self.history: list[list[PruneRecord]] = []
+
+    def apply(self, group: "Group", record_history: bool = True) -> None:
+        """Prune every layer of ``group`` and run the fix-ups; on any failure restore every touched module and raise."""
+        if not len(group) or not group.root_idxs:
+            return
+        problems = group.problems()
+        if problems:
+            raise PruningError(
+                "refusing to prune this group; nothing was changed: " + "; ".join(problems)
+                + ". Check it first with DependencyGraph.check_pruning_group, or pick other indices."
+            )
+        targets = [dep.target for dep, _ in group]
+        check_unchanged(targets)
+        transaction = Transaction([n.module for n in targets if isinstance(n.module, nn.Module)] + [m for m, _ in self.fixups],
+                                  [n.module for n in targets if isinstance(n.module, torch.Tensor)])
+        for dep, idxs in group:
+            transaction.run(f"pruning {dep.target.name} ({dep.target.type}) with {function_name(dep.handler)} "
+                            f"of plugin {dep.target.plugin!r}", functools.partial(dep, idxs))
+        for module, entry in self.fixups:
+            transaction.run(f"the fix-up {entry.name!r} of plugin {entry.plugin!r} on {type(module).__name__}",
+                            functools.partial(entry.function, module))
+        touched = group.touched
+        broken = self.still_runs(torch.cat([space.base + traced for space, traced in touched]))
+        if broken is not None:
+            transaction.fail(ModelStopsRunningError(
+                f"after this prune the model no longer runs on the example inputs ({broken}); it was undone, the model "
+                "is as it was. Its code fixes a size these channels change (a literal in a view or split): keep these "
+                "layers (ignored_layers) or make the code read the size from the tensor."
+            ))
+        records = []
+        for space, traced in touched:
+            records.append(PruneRecord(space.node.name, space.kind, tuple(space.current_positions(traced).tolist()),
+                                       tuple(traced.tolist())))
+            space.alive[traced] = False
+        if record_history:
+            self.history.append(records)
+        plan.record(self.model, [plan.entry_of(dep.target, dep.kind, idxs) for dep, idxs in group])
+
+
+def check_unchanged(nodes: list[Node]) -> None:
+    """Refuse to prune from a graph whose model was changed behind its back."""
+    for node in nodes:
+        space = node.out_space
+        if space is None:
+            continue
+        if node.kind == "parameter":
+            actual = node.module.shape[node.pruning_dim]
+        else:
+            try:
+                actual = node.pruner.get_out_channels(node.module)
+            except Exception:  # a user's get_out_channels may be wrong; the trace counts are authoritative
+                continue
+        if isinstance(actual, int) and space.size and actual != space.current_size:
+            raise PruningError(
+                f"{node.name} ({node.type}) has {actual} output channels but the graph expects {space.current_size}: "
+                "the model was changed outside this graph. Call build_dependency again."
+            )
