@@ -61,7 +61,7 @@ def heads(model: nn.Module) -> list[nn.Module]:
 
 
 def outputs_of(out) -> list[torch.Tensor]:
-    from pruneframe.tracer import tensors_in
+    from pruneframe.runtime import tensors_in
 
     return [t for t in tensors_in(out) if t.is_floating_point()]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from pruneframe import hookimpl
-from pruneframe.labels import align
-from pruneframe.tracer import tensors_in
+from pruneframe.tracing import tensors_in
+from pruneframe.tracing.labels import align
 
 aten = torch.ops.aten
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from pruneframe import hookimpl
-from pruneframe.tracer import tensors_in
+from pruneframe.tracing import tensors_in
 
 aten = torch.ops.aten
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from . import importance, pruner, utils
 from .errors import ModelStopsRunningError, PluginLoadError, PluginLoadWarning, PruningError, UnsupportedOpWarning
-from .graph import Dependency, DependencyGraph, Group, GroupItem, IndexMapping, Member, PruneRecord
+from .graph import Dependency, DependencyGraph, Group, GroupItem, IndexMapping, Member, Node, PruneRecord
 from .hookspecs import hookimpl
 from .layer_pruner import BasePruningFunc, ChannelDim, Coupling, DeclarativeLayerPruner, LayerPruner, TensorDims
-from .graph import Node
+from .app.model_sources import load_pruned
 from .plan import load_state_dict, state_dict
 from .registry import get_registry, reload_plugins
 
@@ -43,6 +43,7 @@ __all__ = [
     "get_registry",
     "hookimpl",
     "importance",
+    "load_pruned",
     "load_state_dict",
     "pruner",
     "reload_plugins",

@@ -166,7 +166,7 @@ def _resolve(model: nn.Module, plan: dict[str, Any], registry: Registry, customi
     for k, step in enumerate(plan["steps"]):
         ops: list[_Op] = []
         for entry in step:
-            name, kind, idxs = entry["layer"], entry["kind"], list(entry["idxs"])
+            name, idxs = entry["layer"], list(entry["idxs"])
             where = f"step {k} of the plan, layer {name!r}"
             if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in idxs) or len(set(idxs)) != len(idxs):
                 raise PruningError(f"{where}: indices must be distinct non-negative ints; the plan is damaged")

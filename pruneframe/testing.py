@@ -24,7 +24,7 @@ from torch import nn
 from .errors import ModelStopsRunningError
 from .graph import DependencyGraph
 from .registry import Registry
-from .tracer import default_forward, tensors_in
+from .runtime import default_forward, tensors_in
 
 ROOT_NAME = "(model)"
 

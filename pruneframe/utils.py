@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .tracer import _map_tensors, default_forward, tensors_in
+from .runtime import default_forward, model_run, tensors_in
 
 logger = logging.getLogger(__name__)
 
@@ -287,84 +285,17 @@ def count_ops_and_params(
 
 def _count(model: nn.Module, example_inputs: Any, forward: Callable[[nn.Module, Any], Any], layer_wise: bool,
            shapes_only: bool) -> _MacCounter:
-    """One forward pass under the counter, on fake tensors (shapes only) or on the real ones."""
+    """One forward pass under the counter, in eval mode, on fake tensors (shapes only) or on the real ones."""
     counter = _MacCounter()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_left_as_it_was(model))
-        for module in model.modules():
-            module.training = False  # set directly: a module's own train() may do more than flip the flag
-        if shapes_only:
-            fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-            # from_tensor is memoised, so a weight tied under two names stays one fake tensor
-            swapped = {name: fake_mode.from_tensor(t) for name, t in _named_tensors(model)}
-            inputs = _map_tensors(example_inputs, fake_mode.from_tensor)
-            stack.enter_context(_reparametrize_module(model, swapped, tie_weights=True, strict=False))
-            stack.enter_context(_fake_failures_unlogged())
-            stack.enter_context(fake_mode)
-        else:
-            # the forward pass writes (if at all) into copies of the buffers, never into the model's own
-            clones: dict[int, torch.Tensor] = {}  # one copy per buffer, however many names it has
-            copies = {}
-            for name, buffer in model.named_buffers(remove_duplicate=False):
-                if id(buffer) not in clones:
-                    clones[id(buffer)] = buffer.detach().clone()
-                copies[name] = clones[id(buffer)]
-            inputs = example_inputs
-            stack.enter_context(_reparametrize_module(model, copies, tie_weights=True, strict=False))
+        run = stack.enter_context(model_run(model, example_inputs, shapes_only, eval_mode=True))
         if layer_wise:
             for module in model.modules():
                 stack.enter_context(module.register_forward_pre_hook(counter.enter))
                 stack.enter_context(module.register_forward_hook(counter.leave, always_call=True))
-        stack.enter_context(torch.no_grad())
         stack.enter_context(counter)
-        forward(model, inputs)
+        forward(model, run.inputs)
     return counter
-
-
-class _DropFakeFailures(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("failed while attempting to run meta")
-
-
-@contextlib.contextmanager
-def _fake_failures_unlogged() -> Iterator[None]:
-    """FakeTensorMode logs a traceback when an op fails on fake tensors; here that failure is expected and
-    handled (the count is redone on real tensors, whose error, if any, is the one reported)."""
-    fake_log = logging.getLogger("torch._subclasses.fake_tensor")
-    quiet = _DropFakeFailures()
-    fake_log.addFilter(quiet)
-    try:
-        yield
-    finally:
-        fake_log.removeFilter(quiet)
-
-
-def _named_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
-
-
-@contextlib.contextmanager
-def _left_as_it_was(model: nn.Module) -> Iterator[None]:
-    """Put back every module's attributes (training flags, anything its forward stored) and the RNG states."""
-    saved = []
-    for module in model.modules():
-        inner = {key: dict(value) for key, value in vars(module).items() if key in ("_parameters", "_buffers", "_modules")}
-        saved.append((module, dict(vars(module)), inner))
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        for module, attributes, inner in saved:
-            state = vars(module)
-            state.clear()
-            state.update(attributes)
-            for key, entries in inner.items():  # the same dict objects, with their old entries
-                state[key].clear()
-                state[key].update(entries)
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 def _describe(inputs: Any) -> str:

@@ -8,13 +8,13 @@ import sys
 import torch
 import torchvision
 
-from pruneframe.cli import main
-from pruneframe.model_sources import load_pruned
+from pruneframe.app.cli import main
+from pruneframe import load_pruned
 from pruneframe.utils import count_ops_and_params
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pruneframe.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "pruneframe", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_prune_resnet18_prints_figures_and_saves_a_reloadable_file(tmp_path) -> None:
@@ -40,7 +40,7 @@ def test_prune_resnet18_prints_figures_and_saves_a_reloadable_file(tmp_path) -> 
 def test_bad_input_gets_a_message_and_exit_2(tmp_path, capsys) -> None:
     out = str(tmp_path / "x.pth")
     for args, message in [(("nosuch:thing",), "unknown source"), (("torchvision:resnet18", "--importance", "taylor"), "needs gradients"),
-                          (("torchvision:resnet18", "--importance", "nosuch"), "nosuch"),
+                          (("torchvision:resnet18", "--importance", "nosuch"), "'nosuch' is not a known importance criterion; use one of l1, l2"),
                           (("torchvision:resnet18", "--ratio", "1.5"), "pruning_ratio=1.5"),
                           (("torchvision:resnet18", "--ignore", "nosuch"), "no such layer")]:
         assert main(["prune", *args, "--input-shape", "1,3,32,32", "--out", out]) == 2, args

@@ -82,7 +82,7 @@ print(json.dumps({
 
 
 def _plugins(cwd: Path, pythonpath: Path | None) -> dict[str, dict[str, Any]]:
-    listed = json.loads(run_python(["-m", "pruneframe.cli", "plugins"], cwd, pythonpath).stdout)
+    listed = json.loads(run_python(["-m", "pruneframe", "plugins"], cwd, pythonpath).stdout)
     return {entry["name"]: entry for entry in listed}
 
 

@@ -36,7 +36,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 import pruneframe as tp
-from pruneframe import cli
+from pruneframe.app import cli
 from pruneframe.registry import build_registry
 from pruneframe.testing import assert_prune_equivalent, masked_reference, randomize_, relative_error
 

@@ -785,7 +785,7 @@ def test_an_installed_distribution_registers_an_importance(tmp_path: Path, monke
 
 def test_cli_lists_the_importance_names() -> None:
     env = subprocess_env()
-    out = subprocess.run([sys.executable, "-m", "pruneframe.cli", "plugins"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "pruneframe", "plugins"], capture_output=True, text=True,
                          env=env, check=True, timeout=300)
     by_name = {p["name"]: p for p in json.loads(out.stdout)}
     assert by_name["importance_criteria"]["importances"] == sorted(BUILTIN_NAMES)

@@ -41,7 +41,7 @@ def test_wheel_declares_every_builtin_plugin_as_an_entry_point(wheel: Path) -> N
     for path in (ROOT / "plugins").glob("*.py"):
         if path.stem != "__init__":
             assert f"{path.stem} = pruneframe.plugins.{path.stem}" in text
-    assert "pruneframe = pruneframe.cli:main" in text
+    assert "pruneframe = pruneframe.app.cli:main" in text
 
 
 def test_installed_wheel_finds_its_plugins(wheel: Path, tmp_path: Path) -> None:

@@ -150,7 +150,7 @@ def test_a_torchvision_prune_imports_neither_transformers_nor_timm(tmp_path: Pat
     assert "torchvision_models" in loaded and "transformers" not in loaded and "timm" not in loaded
     assert not transformers_imported and not timm_imported
     # pruneframe plugins lists them all the same (here they fail to register: they have no hooks; that is listed)
-    listed = subprocess.run([sys.executable, "-m", "pruneframe.cli", "plugins"], cwd=tmp_path, env=env,
+    listed = subprocess.run([sys.executable, "-m", "pruneframe", "plugins"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert listed.returncode == 0, listed.stderr
     assert {"transformers", "timm", "torchvision_models"} <= {p["name"] for p in json.loads(listed.stdout)}
@@ -158,7 +158,7 @@ def test_a_torchvision_prune_imports_neither_transformers_nor_timm(tmp_path: Pat
 
 def test_pruneframe_plugins_names_a_plugin_that_failed_to_import(fake_dist: FakeDistributions, tmp_path: Path) -> None:
     fake_dist("broken-dist", "broken", "broken_mod", "raise ImportError('needs nonexistent_dependency')\n")
-    listed = subprocess.run([sys.executable, "-m", "pruneframe.cli", "plugins"], cwd=tmp_path,
+    listed = subprocess.run([sys.executable, "-m", "pruneframe", "plugins"], cwd=tmp_path,
                             env=subprocess_env(PYTHONPATH=str(tmp_path)), capture_output=True, text=True, timeout=300)
     assert listed.returncode == 0, listed.stderr
     broken = next(p for p in json.loads(listed.stdout) if p["name"] == "broken")

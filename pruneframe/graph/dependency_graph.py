@@ -17,12 +17,13 @@ from torch import nn
 from ..errors import PruningError
 from ..layer_pruner import counts_as, validate_idxs
 from ..registry import Registry, get_registry
-from ..tracer import TraceResult, runs, single_threaded, trace
+from ..runtime import runs, single_threaded
+from ..tracing import TraceResult, trace
 from .apply import PruneApplier
 from .couplings import ChannelCoupling
 from .dependency import Dependency, GroupItem, IndexMapping, PruneRecord, function_name
 from .group import Group
-from .node import Node, Space
+from .node import Node
 
 
 def channel_kind(pruning_fn: Callable[..., Any]) -> str:

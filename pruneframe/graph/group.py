@@ -1,7 +1,7 @@
 """``Group``: every (dependency, indices) that must be pruned together, and its members as public records."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 

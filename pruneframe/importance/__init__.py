@@ -55,6 +55,10 @@ from .criteria import (
 from .reductions import GROUP_REDUCTIONS, NORMALIZERS, Normalizer
 
 __all__ = [
+    "DEFAULT_TARGET_TYPES",
+    "GROUP_REDUCTIONS",
+    "NORMALIZERS",
+    "Normalizer",
     "BNScaleImportance",
     "FPGMImportance",
     "GroupHessianImportance",

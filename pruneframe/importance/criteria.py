@@ -10,7 +10,7 @@ from torch import nn
 
 from ..graph import Group
 from ..layer_pruner import counts_as
-from ..tracer import single_threaded
+from ..runtime import single_threaded
 from .channels import LayerChannels, read_channels
 from .reductions import Normalizer, check_options, normalize, reduce_scores
 

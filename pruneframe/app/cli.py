@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .registry import build_registry
+from ..registry import build_registry, get_registry
 
 DATA_FREE = ("l1", "l2", "magnitude", "group_magnitude", "group_norm", "bn_scale", "lamp", "fpgm", "random")
 
@@ -29,11 +29,17 @@ def _shape(text: str) -> tuple[int, ...]:
 def _prune(args: argparse.Namespace) -> int:
     import torch
 
-    from . import importance as importance_module
+    from .. import importance as importance_module
+    from ..pruner import MetaPruner
+    from ..utils import count_ops_and_params
     from .model_sources import ModelSourceError, build, save_pruned
-    from .pruner import MetaPruner
-    from .utils import count_ops_and_params
 
+    known = get_registry().importance_names() if args.importance not in DATA_FREE else DATA_FREE
+    if args.importance not in known:
+        print(f"pruneframe prune: --importance {args.importance!r} is not a known importance criterion; use one of "
+              f"{', '.join(DATA_FREE)} (the others, {', '.join(n for n in known if n not in DATA_FREE)}, need data)",
+              file=sys.stderr)
+        return 2
     if args.importance not in DATA_FREE:
         print(f"pruneframe prune: --importance {args.importance!r} needs gradients from data; from the command line "
               f"use one of {', '.join(DATA_FREE)}, or the Python API (pruneframe.pruner.MetaPruner) for the others",
@@ -68,7 +74,7 @@ def _prune(args: argparse.Namespace) -> int:
     print(f"MACs:       {macs0 / 1e9:.4f} G -> {macs1 / 1e9:.4f} G ({macs1 / macs0:.1%})")
     print(f"Parameters: {params0 / 1e6:.4f} M -> {params1 / 1e6:.4f} M ({params1 / params0:.1%})")
     save_pruned(model, args.out, args.model, args.input_shape)
-    print(f"saved to {args.out}; load it with pruneframe.model_sources.load_pruned({args.out!r})")
+    print(f"saved to {args.out}; load it with pruneframe.load_pruned({args.out!r})")
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import plan
+from .. import plan
 
 
 class ModelSourceError(ValueError):
