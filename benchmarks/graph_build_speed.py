@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-CASES = ["resnet50", "bert-base", "llama-d8", "llama-d16", "llama-d32", "llama-d64"]
+CASES = ["resnet50", "vit_b_16", "bert-base", "llama-d8", "llama-d16", "llama-d32", "llama-d64"]
 LIBRARIES = ["pruneframe", "torch_pruning"]
 
 
@@ -36,6 +36,11 @@ def build_case(name: str):
 
         model = torchvision.models.resnet50(weights=None).eval()
         return model, torch.randn(1, 3, 224, 224), [model.fc]
+    if name == "vit_b_16":
+        import torchvision
+
+        model = torchvision.models.vit_b_16(weights=None).eval()
+        return model, torch.randn(1, 3, 224, 224), [model.heads.head]
     if name == "bert-base":
         from transformers import BertConfig, BertModel
 
@@ -96,19 +101,19 @@ def run_one(library: str, case: str) -> dict:
 BEGIN, END = "<!-- measured: begin -->", "<!-- measured: end -->"
 
 
-def _write_between_markers(path: str, text: str) -> None:
+def write_between_markers(path: str, text: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace the measured part of ``path`` (between the markers), keeping the prose around it."""
     try:
         with open(path) as f:
             old = f.read()
     except FileNotFoundError:
-        old = f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in old or END not in old:
-        raise SystemExit(f"{path} has no {BEGIN} ... {END} markers to write the measurements between")
-    head, rest = old.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+        old = f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in old or end not in old:
+        raise SystemExit(f"{path} has no {begin} ... {end} markers to write the measurements between")
+    head, rest = old.split(begin, 1)
+    _, tail = rest.split(end, 1)
     with open(path, "w") as f:
-        f.write(f"{head}{BEGIN}\n{text}{END}{tail}")
+        f.write(f"{head}{begin}\n{text}{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             f"by `python benchmarks/graph_build_speed.py --repeats {args.repeats} --markdown docs/benchmarks.md`.\n\n"
             f"{table}\n\n" + "\n".join(scaling) + "\n"
         )
-        _write_between_markers(args.markdown, measured)
+        write_between_markers(args.markdown, measured)
     return 0
 
 

@@ -41,6 +41,11 @@ def record(model: nn.Module, step: list[dict[str, Any]]) -> None:
     model.__dict__.setdefault(_ATTRIBUTE, []).append(step)
 
 
+def forget_last(model: nn.Module) -> None:
+    """Drop the last step of ``model``'s plan (its prune was undone)."""
+    model.__dict__[_ATTRIBUTE].pop()
+
+
 def entry_of(node: Any, kind: str, idxs: list[int]) -> dict[str, Any]:
     """The plan entry for pruning ``kind`` channels ``idxs`` of a graph node."""
     entry: dict[str, Any] = {"layer": node.name, "kind": kind, "idxs": [int(i) for i in idxs]}

@@ -327,3 +327,48 @@ def test_round_to_rounds_up_when_fewer_than_round_to_would_be_left(global_prunin
     widths = list(convs(model).values())
     assert all(w % 8 == 0 and w >= 8 for w in widths), widths
     assert sum(widths) < 32 + 48 + 64 and model(X).shape == (1, 10)
+
+
+class _FixedHeads(nn.Module):
+    """Two blocks; the second reshapes with a literal head width, so pruning its projection breaks the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.free = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+        self.proj = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.free(x)
+        h = self.proj(x).view(x.shape[0], 4, 4)  # literal sizes: the trace cannot know they are fixed
+        return self.out(h.relu().flatten(1))
+
+
+def test_a_group_that_breaks_the_model_is_left_whole_and_the_rest_is_pruned() -> None:
+    torch.manual_seed(0)
+    model, x = _FixedHeads(), torch.randn(2, 16)
+    pruner = tp.pruner.MetaPruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5, ignored_layers=[model.out])
+    with pytest.warns(UserWarning, match=r"1 group\(s\) left whole.*no longer runs.*: proj, out \(RuntimeError.*invalid for input"):
+        pruner.step()
+    assert model.free[0].out_features == 16, "the other group was pruned"
+    assert model.proj.out_features == 16 and model(x).shape == (2, 4)
+    planned = {(e["layer"], e["kind"]) for step in tp.plan.get_plan(model)["steps"] for e in step}
+    assert ("proj", "out") not in planned and ("free.0", "out") in planned, "the undone group left no trace in the plan"
+    assert all(("proj", "out") not in {(r.name, r.kind) for r in records} for records in pruner.pruning_history())
+
+
+def test_one_run_checks_a_whole_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step whose groups all need the run check runs the model once, not once per group."""
+    from pruneframe.graph import dependency_graph
+
+    calls = []
+    real = dependency_graph.runs
+    monkeypatch.setattr(dependency_graph, "runs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(2, 8)
+    pruner = tp.pruner.MetaPruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                                  ignored_layers=[model[4]], verify_prunes="always")
+    pruner.step()
+    assert (model[0].out_features, model[2].out_features) == (8, 8)
+    assert calls == [1]

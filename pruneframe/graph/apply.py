@@ -1,8 +1,11 @@
 """``PruneApplier``: how a graph's groups are pruned — validated, applied as one transaction with the fix-ups, checked, recorded."""
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import attrs
 
 import torch
 from torch import nn
@@ -16,6 +19,24 @@ from .transaction import Transaction
 if TYPE_CHECKING:
     from .couplings import ChannelCoupling
     from .group import Group
+
+
+@attrs.define
+class _Applied:
+    """A prune whose run check is deferred: enough to undo it."""
+
+    transaction: Transaction
+    touched: list[tuple[Any, torch.Tensor]]
+    ids: torch.Tensor
+    recorded_history: bool
+
+
+def _stops_running(broken: str) -> ModelStopsRunningError:
+    return ModelStopsRunningError(
+        f"after this prune the model no longer runs on the example inputs ({broken}); it was undone, the model "
+        "is as it was. Its code fixes a size these channels change (a literal in a view or split): keep these "
+        "layers (ignored_layers) or make the code read the size from the tensor."
+    )
 
 
 class PruneApplier:
@@ -34,6 +55,44 @@ class PruneApplier:
         self.still_runs = still_runs
         self.regroup = regroup
         self.history: list[list[PruneRecord]] = []
+        self._deferred: list[_Applied] | None = None
+
+    @contextlib.contextmanager
+    def one_run_check(self) -> Iterator[None]:
+        """Prunes made inside are checked by one run of the model at the end instead of one run each.
+
+        If the model no longer runs then, every prune made inside is undone
+        (modules, graph and plan as before the block) and ``ModelStopsRunningError``
+        is raised; prune them one at a time to find which one breaks it. The
+        undo keeps each prune's original tensors until the block ends. An error
+        raised inside undoes the block's prunes too.
+        """
+        if self._deferred is not None:  # nested: the outer block checks
+            yield
+            return
+        deferred: list[_Applied] = []
+        self._deferred = deferred
+        try:
+            yield
+        except BaseException:  # the block is all or nothing: what it pruned before the error is undone too
+            self._undo(deferred)
+            raise
+        finally:
+            self._deferred = None
+        if deferred:
+            broken = self.still_runs(torch.cat([a.ids for a in deferred]))
+            if broken is not None:
+                self._undo(deferred)
+                raise _stops_running(broken)
+
+    def _undo(self, applied: list[_Applied]) -> None:
+        for a in reversed(applied):
+            a.transaction.restore()
+            for space, traced in a.touched:
+                space.alive[traced] = True
+            if a.recorded_history:
+                self.history.pop()
+            plan.forget_last(self.model)
 
     def apply(self, group: "Group", record_history: bool = True) -> None:
         """Prune every layer of ``group`` and run the fix-ups; on any failure restore every touched module and raise."""
@@ -56,13 +115,13 @@ class PruneApplier:
             transaction.run(f"the fix-up {entry.name!r} of plugin {entry.plugin!r} on {type(module).__name__}",
                             functools.partial(entry.function, module))
         touched = group.touched
-        broken = self.still_runs(torch.cat([space.base + traced for space, traced in touched]))
-        if broken is not None:
-            transaction.fail(ModelStopsRunningError(
-                f"after this prune the model no longer runs on the example inputs ({broken}); it was undone, the model "
-                "is as it was. Its code fixes a size these channels change (a literal in a view or split): keep these "
-                "layers (ignored_layers) or make the code read the size from the tensor."
-            ))
+        ids = torch.cat([space.base + traced for space, traced in touched])
+        if self._deferred is None:
+            broken = self.still_runs(ids)
+            if broken is not None:
+                transaction.fail(_stops_running(broken))
+        else:
+            self._deferred.append(_Applied(transaction, touched, ids, record_history))
         records = []
         for space, traced in touched:
             records.append(PruneRecord(space.node.name, space.kind, tuple(space.current_positions(traced).tolist()),

@@ -9,6 +9,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -273,6 +274,16 @@ class DependencyGraph:
             group = self._group(node, "out", node.pruner.prune_out_channels, index)
             visited[coupling.component_members(ids[ok])] = True
             yield group
+
+    def one_run_check(self) -> contextlib.AbstractContextManager[None]:
+        """Inside ``with graph.one_run_check():``, prunes are checked by one run at the end, not one run each.
+
+        If the model no longer runs at the end, every prune made inside is
+        undone and ``ModelStopsRunningError`` raised (see ``verify_prunes``).
+        """
+        if self._applier is None:
+            raise PruningError("the graph is empty: call build_dependency(model, example_inputs) first")
+        return self._applier.one_run_check()
 
     def check_pruning_group(self, group: Group) -> bool:
         """True when ``group`` can be pruned: nothing blocked, no layer emptied."""

@@ -16,18 +16,16 @@ shifts the indices chosen for another.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import attrs
 import torch
 from torch import nn
 
-from ..errors import PruningError
+from ..errors import ModelStopsRunningError, PruningError
 from ..graph import DependencyGraph, Group
-from ..graph.components import connected_components
 from ..importance import NothingToReadError
+from .selection import Candidate, Limits, choose_ranked, first_key_per_root, join_blocks, select
 from ..registry import get_registry
 
 
@@ -41,20 +39,6 @@ DEFAULT_ROOTS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.rnn.RNNBase)
 
 class _HeadsTiedError(Exception):
     """Whole heads were asked for, but the traced ties join every head of the group into one block."""
-
-
-@attrs.define(eq=False)
-class _Candidate:
-    """One group of one step: its root layer, its blocks (traced positions) and their scores."""
-
-    root: Any
-    trigger: Callable[..., Any]
-    space: Any  # the root layer's channel Space
-    blocks: list[torch.Tensor]  # traced positions in the root layer, one tensor per block
-    scores: torch.Tensor  # one per block
-    original: int  # the root layer's channels before the first step
-    ratio: float  # this step's target ratio for the root layer
-    scope: str
 
 
 class MetaPruner:
@@ -174,9 +158,30 @@ class MetaPruner:
         self.current_step += 1
         if interactive:
             return self._groups_to_prune()
-        for group in self._groups_to_prune():
-            group.prune()
+        try:
+            with self.DG.one_run_check():  # one run of the model checks the whole step
+                for group in self._groups_to_prune():
+                    group.prune()
+        except ModelStopsRunningError:  # some group breaks a size the model's code keeps: find it, leave it whole
+            self._prune_one_by_one()
         return None
+
+    def _prune_one_by_one(self) -> None:
+        """The step again, each group checked on its own; a group after which the model no longer runs stays whole."""
+        left_whole = []
+        for group in self._groups_to_prune():
+            try:
+                group.prune()
+            except ModelStopsRunningError as exc:
+                names = [dep.target.name for dep, _ in group]
+                shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+                left_whole.append(f"{shown} ({str(exc).split('(', 1)[-1].split('); it was undone')[0]})")
+        if left_whole:
+            warnings.warn(
+                f"{len(left_whole)} group(s) left whole: after pruning them the model no longer runs on the example inputs, "
+                "its code keeps a size they change: " + "; ".join(left_whole) + ". The rest of the step was pruned; "
+                "keep these layers out (ignored_layers) to silence this, or make the code read the size from the tensor",
+                stacklevel=3)
 
     def estimate_importance(self, group: Group) -> torch.Tensor:
         return self.importance(group)
@@ -230,16 +235,16 @@ class MetaPruner:
                 "every head shares one key/value head; prune head widths instead (prune_num_heads=False, "
                 "prune_head_dims=True)",
                 stacklevel=3)
-        by_scope: dict[str, list[_Candidate]] = {}
+        by_scope: dict[str, list[Candidate]] = {}
         for c in candidates:
             by_scope.setdefault(c.scope, []).append(c)
-        chosen: list[tuple[_Candidate, torch.Tensor]] = []
+        limits = Limits(self.max_pruning_ratio, self.round_to)
+        chosen: list[tuple[Candidate, torch.Tensor]] = []
         for scope, members in by_scope.items():
             if len(members) == 1 or scope.startswith("local"):
-                for c in members:
-                    chosen.append((c, self._choose_local(c)))
+                chosen += [(c, select(c, limits.target_cut(c))) for c in members]
             else:
-                chosen += self._choose_ranked(members)
+                chosen += choose_ranked(members, limits)
         for c, traced in chosen:
             if traced.numel() == 0:
                 continue
@@ -258,7 +263,7 @@ class MetaPruner:
     def _all_groups(self) -> list[Group]:
         return list(self.DG.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=self.root_module_types))
 
-    def _candidate(self, group: Group) -> _Candidate | None:
+    def _candidate(self, group: Group) -> Candidate | None:
         node, space = group.root, group.root_space
         root, trigger = node.module, group[0].dep.trigger
         root_idxs = torch.as_tensor(group.root_idxs, dtype=torch.long)
@@ -278,11 +283,9 @@ class MetaPruner:
             return None
         counts = torch.bincount(labels)
         block_scores = torch.zeros(counts.numel(), dtype=torch.float64).index_add_(0, labels, scores) / counts
-        traced = space.original_positions(root_idxs)[torch.argsort(labels, stable=True)]
-        blocks = list(torch.split(traced, counts.tolist()))
         ratio = self._head_ratio(group) if heads_mode else self.get_target_pruning_ratio(root)
-        return _Candidate(root, trigger, space, blocks, block_scores, self._original.get(root, space.size), ratio,
-                          self._scope_of(group, root, node.name))
+        return Candidate(root, trigger, space, space.original_positions(root_idxs), labels, counts.tolist(), block_scores,
+                         self._original.get(root, space.size), ratio, self._scope_of(group, root, node.name))
 
     def _block_labels(self, group: Group) -> tuple[torch.Tensor | None, bool]:
         """For each root index the block it can only go with (numbered from 0), and whether blocks are whole heads.
@@ -322,9 +325,9 @@ class MetaPruner:
                                      f"{'heads' if module in self.num_heads else 'channel groups'} do not divide")
                 size = width // parts
                 channel = member.idxs[member.member_pos]
-                keys.append(_first_key_per_root(labels.numel(), member.root_pos, (channel // size) if whole else (channel % size)))
+                keys.append(first_key_per_root(labels.numel(), member.root_pos, (channel // size) if whole else (channel % size)))
         if keys:
-            labels = _join(labels, keys)
+            labels = join_blocks(labels, keys)
         if heads_mode and int(labels.max()) == 0:  # the trace ties channels of different heads: every head goes or none
             raise _HeadsTiedError(", ".join(whole_heads))
         return labels, heads_mode
@@ -342,80 +345,6 @@ class MetaPruner:
         if self.global_pruning:
             return "global"
         return f"local:{name}"
-
-    def _target_cut(self, c: _Candidate) -> int:
-        """How many of the root's current channels must go for it to reach this step's ratio (rounded)."""
-        current = c.space.current_size
-        keep = c.original - int(c.original * c.ratio)
-        keep = max(keep, math.ceil(c.original * (1 - self.max_pruning_ratio)), 1)
-        if self.round_to:
-            keep = max(self.round_to, keep - keep % self.round_to)  # below round_to: round_to itself
-        return max(current - keep, 0)
-
-    def _choose_local(self, c: _Candidate) -> torch.Tensor:
-        return _select(c, self._target_cut(c))
-
-    def _choose_ranked(self, members: list[_Candidate]) -> list[tuple[_Candidate, torch.Tensor]]:
-        """Rank the blocks of several groups together; each root still keeps its max_pruning_ratio and one block."""
-        want = sum(self._target_cut(c) for c in members)
-        entries = [(float(score), k, b) for k, c in enumerate(members) for b, score in enumerate(c.scores.tolist())]
-        entries.sort(key=lambda e: e[0])
-        cut = [0] * len(members)
-        limit = []
-        for c in members:
-            floor_keep = max(math.ceil(c.original * (1 - self.max_pruning_ratio)), 1)
-            limit.append(max(c.space.current_size - floor_keep, 0))
-        total = 0
-        for _, k, b in entries:
-            if total >= want:
-                break
-            size = members[k].blocks[b].numel()
-            if total + size > want or cut[k] + size > limit[k]:
-                continue
-            cut[k] += size
-            total += size
-        result = []
-        for k, c in enumerate(members):
-            count = cut[k]
-            if self.round_to and count:  # the kept width becomes a multiple of round_to
-                keep = c.space.current_size - count
-                extra = keep % self.round_to
-                if extra:
-                    if keep > self.round_to and count + extra <= limit[k]:
-                        count += extra  # round the kept width down
-                    else:  # too few left, or the cap: round it up instead (prune less)
-                        count = max(count - (self.round_to - extra), 0)
-            result.append((c, _select(c, count)))
-        return result
-
-
-def _select(c: _Candidate, want: int) -> torch.Tensor:
-    """The lowest-scoring blocks of ``c`` whose sizes add up to at most ``want`` (traced positions)."""
-    taken, total = [], 0
-    for b in torch.argsort(c.scores, stable=True).tolist():
-        size = c.blocks[b].numel()
-        if total + size > want:
-            continue
-        taken.append(c.blocks[b])
-        total += size
-    return torch.cat(taken) if taken else torch.empty(0, dtype=torch.long)
-
-
-def _first_key_per_root(n: int, root_pos: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Per root index, the key of the first of its channels (-1 for a root index with none)."""
-    first = torch.full((n,), keys.numel(), dtype=torch.long).scatter_reduce_(0, root_pos, torch.arange(keys.numel()), "amin")
-    return torch.where(first < keys.numel(), torch.cat([keys, keys.new_full((1,), -1)])[first], torch.full_like(first, -1))
-
-
-def _join(labels: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
-    """Blocks of ``labels`` joined wherever two root indices share a key of ``keys`` (-1 shares nothing), renumbered from 0."""
-    n = labels.numel()
-    edges = []
-    for key in [labels, *keys]:
-        order = torch.argsort(key, stable=True)
-        same = (key[order][1:] == key[order][:-1]) & (key[order][1:] >= 0)
-        edges.append(torch.stack([order[:-1][same], order[1:][same]]))
-    return torch.unique(connected_components(n, torch.cat(edges, 1)), return_inverse=True)[1]
 
 
 def _schedule(scheduler: Callable[[float, int], Sequence[float]], ratio: float, steps: int) -> list[float]:
