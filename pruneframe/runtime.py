@@ -105,6 +105,32 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+_frozen_depth = 0
+
+
+@contextlib.contextmanager
+def heap_frozen() -> Iterator[None]:
+    """Garbage collections triggered meanwhile skip every object that existed before (the libraries, the model).
+
+    A graph build or a prune step allocates enough to trigger a full
+    collection, which in a process holding torch, a model zoo and a model scans
+    hundreds of thousands of objects none of which is garbage (0.17 s of a
+    ResNet-50 prune). ``gc.freeze`` moves them out of the collector's view
+    until the block ends; nothing is left uncollected, and nested blocks
+    unfreeze once, at the outermost.
+    """
+    global _frozen_depth
+    if _frozen_depth == 0:
+        gc.freeze()
+    _frozen_depth += 1
+    try:
+        yield
+    finally:
+        _frozen_depth -= 1
+        if _frozen_depth == 0:
+            gc.unfreeze()
+
+
 @contextlib.contextmanager
 def left_as_it_was(model: nn.Module) -> Iterator[None]:
     """Put back every module's attributes (training flags, anything its forward stored), the RNG states and grad mode."""
@@ -216,5 +242,5 @@ def runs(model: nn.Module, example_inputs: Any, forward_fn: Forward | None, shap
     return None
 
 
-__all__ = ["Forward", "Run", "default_forward", "gc_paused", "left_as_it_was", "map_tensors", "model_run", "named_tensors",
+__all__ = ["Forward", "Run", "default_forward", "gc_paused", "heap_frozen", "left_as_it_was", "map_tensors", "model_run", "named_tensors",
            "runs", "single_threaded", "tensors_in"]

@@ -261,3 +261,16 @@ def test_a_group_exposes_its_coupling_as_public_records() -> None:
     group.prune()
     with pytest.raises(ValueError, match="older than a prune"):
         group.members()
+
+
+def test_a_graph_build_leaves_the_collector_as_it_was() -> None:
+    """The heap is frozen for the build (collections skip old objects) and unfrozen after, also when the build fails."""
+    import gc
+
+    before = gc.get_freeze_count()
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    tp.DependencyGraph().build_dependency(model, torch.randn(1, 4))
+    assert gc.get_freeze_count() == before
+    with pytest.raises(Exception):
+        tp.DependencyGraph().build_dependency(model, torch.randn(1, 7))
+    assert gc.get_freeze_count() == before

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import PruningError
 from ..layer_pruner import counts_as, validate_idxs
 from ..registry import Registry, get_registry
-from ..runtime import runs, single_threaded
+from ..runtime import heap_frozen, runs, single_threaded
 from ..tracing import TraceResult, trace
 from .apply import PruneApplier
 from .couplings import ChannelCoupling
@@ -130,9 +130,10 @@ class DependencyGraph:
         self.model = model
         self._example = (example_inputs, forward_fn, VERIFY_MODES[verify_prunes])
         self.ignored_layers = list(ignored_layers or ())
-        self._trace = trace(model, example_inputs, self.registry, self._customized, forward_fn, output_transform, unwrapped)
-        with single_threaded():
-            self._index(model)
+        with heap_frozen():
+            self._trace = trace(model, example_inputs, self.registry, self._customized, forward_fn, output_transform, unwrapped)
+            with single_threaded():
+                self._index(model)
         return self
 
     def _index(self, model: nn.Module) -> None:

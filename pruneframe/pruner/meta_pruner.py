@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import ModelStopsRunningError, PruningError
 from ..graph import DependencyGraph, Group
 from ..importance import NothingToReadError
+from ..runtime import heap_frozen
 from .selection import Candidate, Limits, choose_ranked, first_key_per_root, join_blocks, select
 from ..registry import get_registry
 
@@ -159,7 +160,7 @@ class MetaPruner:
         if interactive:
             return self._groups_to_prune()
         try:
-            with self.DG.one_run_check():  # one run of the model checks the whole step
+            with heap_frozen(), self.DG.one_run_check():  # one run of the model checks the whole step
                 for group in self._groups_to_prune():
                     group.prune()
         except ModelStopsRunningError:  # some group breaks a size the model's code keeps: find it, leave it whole
