@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
         versions = f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}"
         try:
-            import torch_pruning
+            import torch_pruning  # noqa: F401 - only to say which version was measured
             import transformers
 
             from importlib.metadata import version  # torch_pruning.__version__ lags its releases (1.6.1 says 1.6.0)

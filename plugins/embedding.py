@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from pruneframe import ChannelDim, DeclarativeLayerPruner, TensorDims, hookimpl
+from pruneframe import DeclarativeLayerPruner, TensorDims, hookimpl
 
 
 class EmbeddingPruner(DeclarativeLayerPruner):

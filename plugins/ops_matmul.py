@@ -85,9 +85,7 @@ def matrix_product(ctx, op, args, kwargs, out) -> None:
         bias, a, b = args[0], args[1], args[2]
     else:
         bias, a, b = None, args[0], args[1]
-    if a.dim() < 2 or b.dim() < 2:  # vector products: treat the vector as a one-column matrix
-        a2 = a if a.dim() >= 2 else a.unsqueeze(0)
-        b2 = b if b.dim() >= 2 else b.unsqueeze(-1)
+    if a.dim() < 2 or b.dim() < 2:  # vector products: a vector that holds channels cannot lose them
         la, lb = ctx.ids(a), ctx.ids(b)
         for ids in (la, lb):
             if ids is not None and ids.numel() > 1:

@@ -69,7 +69,6 @@ def reduction(ctx, op, args, kwargs, out) -> None:
 
 def norm_reduction(ctx, op, args, kwargs, out) -> None:
     """norm / linalg_vector_norm(x, ord, dim, keepdim): the dims come third."""
-    x = args[0]
     rest = list(args)
     rest.pop(1) if len(rest) > 1 else None
     reduction(ctx, op, rest, kwargs, out)

@@ -1,11 +1,14 @@
-"""Shared by the contrib tests: run Python in a clean subprocess, and pip-install a contrib distribution offline."""
+"""Shared by the contrib tests: pip-install a contrib distribution offline, use it in this process or in a clean subprocess."""
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from conftest import subprocess_env
 
@@ -44,3 +47,28 @@ def run_readme_example(contrib: Path, installed: Path, workdir: Path) -> subproc
     result = run_python([str(script)], workdir, installed)
     assert result.stdout.rstrip().endswith("README example OK")
     return result
+
+
+@contextlib.contextmanager
+def installed_in_process(site: Path, package: str) -> Iterator[None]:
+    """Make the distribution installed at ``site`` visible to this process, as if pip had installed it here.
+
+    Inside, ``site`` is first on ``sys.path`` and the process-wide plugin
+    registry is a fresh one that finds the distribution's entry points;
+    afterwards both are put back and ``package`` is dropped from ``sys.modules``,
+    so no other test sees it.
+    """
+    from pruneframe.registry import PluginSet, loading
+
+    saved_path, saved_plugins = list(sys.path), loading._process_plugins
+    sys.path.insert(0, str(site))
+    importlib.invalidate_caches()
+    loading._process_plugins = PluginSet(lazy=True)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved_path
+        loading._process_plugins = saved_plugins
+        for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+            del sys.modules[name]
+        importlib.invalidate_caches()

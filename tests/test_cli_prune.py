@@ -5,12 +5,15 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 import torchvision
 
 from pruneframe.app.cli import main
 from pruneframe import load_pruned
 from pruneframe.utils import count_ops_and_params
+
+pytestmark = pytest.mark.slow
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -19,6 +19,8 @@ if sys.version_info >= (3, 12):
 else:  # the same backport pruneframe's plugin manager reads metadata with
     import importlib_metadata
 
+pytestmark = pytest.mark.slow
+
 CONTRIB = Path(__file__).resolve().parents[1] / "contrib" / "pruneframe-example"
 
 PRUNE_SCRIPT = r"""

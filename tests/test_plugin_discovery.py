@@ -7,17 +7,14 @@ its own registry with ``build_registry()`` and passes it to
 """
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import subprocess
 import sys
-import textwrap
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable
 
 import pluggy
 import pytest

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = [ROOT / "docs" / "examples" / "custom_layer.py", ROOT.parent / "shared" / "examples" / "custom_layer.py"]
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 torchvision = pytest.importorskip("torchvision")
 
 _spec = importlib.util.spec_from_file_location("torchvision_sweep", Path(__file__).resolve().parents[1] / "benchmarks" / "torchvision_sweep.py")
