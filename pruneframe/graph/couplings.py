@@ -101,10 +101,6 @@ class ChannelCoupling:
         touched = [(self.spaces[s], run - self.spaces[s].base) for s, run in zip(spaces.tolist(), torch.split(ids, counts.tolist()))]
         return touched, reasons
 
-    def touches(self, ids: torch.Tensor, roots: torch.Tensor) -> bool:
-        """Whether any of ``ids`` lies in one of the components ``roots``."""
-        return bool(torch.isin(self._roots[ids], roots).any())
-
     def prunable(self, space: Space) -> tuple[torch.Tensor, torch.Tensor]:
         """The alive traced positions of ``space`` and, for each, whether nothing blocks it."""
         alive = space.alive.nonzero().flatten()
@@ -120,14 +116,6 @@ class ChannelCoupling:
         ids = ids[ids > 0]
         inside = ids[(ids >= target.base) & (ids < target.base + target.size)] - target.base
         return target.current_positions(inside).tolist()
-
-    def root_blocks(self, space: Space, idxs: Sequence[int]) -> list[list[int]]:
-        """Current indices ``idxs`` of ``space`` partitioned into blocks that can only be pruned whole."""
-        index = torch.as_tensor(list(idxs), dtype=torch.long)
-        roots = self.roots(space, index)
-        order = torch.argsort(roots, stable=True)
-        _, counts = torch.unique_consecutive(roots[order], return_counts=True)
-        return [index[chunk].tolist() for chunk in torch.split(order, counts.tolist())]
 
     def sized_by_code(self, ids: torch.Tensor) -> bool:
         """Whether any of ``ids`` met an op whose sizes the model's code passed in (a prune needs a run check)."""

@@ -44,6 +44,7 @@ class Group:
         self._coupling = coupling
         self._applier = applier
         self._members: list[Member] | None = None
+        self._traced = {id(space): traced for space, traced in touched}
 
     @property
     def items(self) -> list[GroupItem]:
@@ -75,9 +76,12 @@ class Group:
 
     def root_blocks(self) -> list[list[int]]:
         """The root indices partitioned into blocks that can only be pruned whole (coupled inside the root layer)."""
-        if not self._items:
+        labels = self.root_block_labels()
+        if not labels.numel():
             return []
-        return self._coupling.root_blocks(self.root_space, self.root_idxs)
+        order = torch.argsort(labels, stable=True)
+        idxs = torch.as_tensor(self.root_idxs, dtype=torch.long)[order]
+        return [block.tolist() for block in torch.split(idxs, torch.bincount(labels).tolist())]
 
     def root_block_labels(self) -> torch.Tensor:
         """For each root index, the number of its block (``0..blocks-1``): indices coupled inside the root go whole."""
@@ -87,8 +91,7 @@ class Group:
         return torch.unique(roots, return_inverse=True)[1]
 
     def _traced_of(self, dep: Dependency) -> torch.Tensor:
-        target = dep.index_mapping.target
-        return next(traced for space, traced in self._touched if space is target)
+        return self._traced[id(dep.index_mapping.target)]
 
     def members(self) -> list[Member]:
         """One ``Member`` per dependency, in group order: the channels it loses and the root index of each.

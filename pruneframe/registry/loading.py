@@ -161,9 +161,9 @@ class _Attributed:
         self._original = plugin.obj
         for attr in dir(plugin.obj):
             fn = getattr(plugin.obj, attr, None)
-            if not inspect.isroutine(fn) or pm.parse_hookimpl_opts(plugin.obj, attr) is None:
+            opts = pm.parse_hookimpl_opts(plugin.obj, attr) if inspect.isroutine(fn) else None
+            if opts is None:
                 continue
-            opts = pm.parse_hookimpl_opts(plugin.obj, attr) or {}
             # a wrapper wraps the whole call: pluggy needs its generator function as it is
             wrapped = fn if opts.get("wrapper") or opts.get("hookwrapper") else _run_as(fn, plugin.name, plugin.builtin, failed)
             setattr(self, attr, wrapped)
