@@ -160,8 +160,8 @@ def _replay(model: nn.Module, plan: dict[str, Any], registry: Registry,
     transaction = Transaction([t for t in changed if isinstance(t, nn.Module)] + [m for m, _ in fixups],
                               [t for t in changed if not isinstance(t, nn.Module)])
     for ops in steps:
-        for what, op, _ in ops:
-            transaction.run(what, op)
+        for what, op, target in ops:
+            transaction.run(what, op, target if isinstance(target, nn.Module) else None)
         for module, entry in fixups:
             transaction.run(f"the fix-up {entry.name!r} of plugin {entry.plugin!r} on {type(module).__name__}",
                             functools.partial(entry.function, module))

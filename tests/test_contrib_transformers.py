@@ -484,3 +484,28 @@ def test_meta_pruner_defaults_take_gpt2_conv1d_as_linear() -> None:
 
 def test_readme_example_runs(installed: Path, tmp_path: Path) -> None:
     run_readme_example(CONTRIB, installed, tmp_path)
+
+
+def test_gpt2_with_tied_embeddings_prunes_with_nothing_ignored_and_stays_tied() -> None:
+    """GPT-2's default: lm_head.weight is wte.weight. The hidden size prunes once, for both, and the tie holds."""
+    model = GPT2LMHeadModel(gpt2_config()).eval()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    meta_prune(model, TEXT, pruning_ratio=0.3)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.transformer.wte.weight.shape[1] < 64 and model.lm_head.in_features == model.transformer.wte.weight.shape[1]
+    with torch.no_grad():
+        assert list(model(**TEXT).logits.shape) == [2, 10, 128]
+    same, fresh = plan_round_trip(model, TEXT, lambda: GPT2LMHeadModel(gpt2_config()))
+    assert same and fresh.lm_head.weight is fresh.transformer.wte.weight
+
+
+def test_a_tied_llama_hidden_size_prune_round_trips_through_save_pretrained() -> None:
+    config = llama_config()
+    config.tie_word_embeddings = True
+    model = LlamaForCausalLM(config).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    warned = meta_prune(model, TEXT, pruning_ratio=0.25)
+    assert warned == [] and model.config.hidden_size == 48
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    trip = round_trip(model, TEXT, AutoModelForCausalLM)
+    assert trip["same"] and trip["warnings"] == [] and trip["reloaded"]["hidden_size"] == 48

@@ -110,7 +110,8 @@ class PruneApplier:
                                   [n.module for n in targets if isinstance(n.module, torch.Tensor)])
         for dep, idxs in group:
             transaction.run(f"pruning {dep.target.name} ({dep.target.type}) with {function_name(dep.handler)} "
-                            f"of plugin {dep.target.plugin!r}", functools.partial(dep, idxs))
+                            f"of plugin {dep.target.plugin!r}", functools.partial(dep, idxs),
+                            dep.target.module if isinstance(dep.target.module, nn.Module) else None)
         for module, entry in self.fixups:
             transaction.run(f"the fix-up {entry.name!r} of plugin {entry.plugin!r} on {type(module).__name__}",
                             functools.partial(entry.function, module))

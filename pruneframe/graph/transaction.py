@@ -30,6 +30,17 @@ class Transaction:
         self._modules = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
                          for m in kept_modules.values()]
         self._tensors = [(t, t.detach(), t.detach()._version, t.grad) for t in kept_tensors.values()]
+        # parameters held by several of the modules (tied weights): pruned once, by the first holder, and kept one object
+        holders: dict[int, list[tuple[nn.Module, str]]] = {}
+        for m in kept_modules.values():
+            for name, p in m._parameters.items():
+                if p is not None:
+                    holders.setdefault(id(p), []).append((m, name))
+        self._shared = {k: v for k, v in holders.items() if len(v) > 1}
+        self._shared_object = {id(p): p for m in kept_modules.values() for p in m._parameters.values()
+                               if p is not None and id(p) in self._shared}
+        self._saved = {id(t): (data, grad) for t, data, _, grad in self._tensors}
+        self._pruned_shared: set[int] = set()
 
     def restore(self) -> None:
         """Put every remembered module and tensor back as it was."""
@@ -47,8 +58,15 @@ class Transaction:
         """The original tensors someone wrote into (their version counter moved)."""
         return [f"a tensor of shape {tuple(data.shape)}" for _, data, version, _ in self._tensors if data._version != version]
 
-    def run(self, what: str, step: Callable[[], Any]) -> None:
-        """Run one step; if it raises or writes into an original tensor, restore everything and raise a PruningError naming ``what``."""
+    def run(self, what: str, step: Callable[[], Any], module: nn.Module | None = None) -> None:
+        """Run one step; if it raises or writes into an original tensor, restore everything and raise a PruningError naming ``what``.
+
+        ``module`` is the layer the step prunes: a parameter it shares with a
+        layer pruned before in this transaction is handed to it as a stand-in
+        with the original values, so the shared tensor is pruned once; the two
+        results must agree, and the layers keep sharing one parameter.
+        """
+        stand_ins = self._stand_ins(module) if module is not None and self._shared else []
         try:
             step()
         except Exception as exc:  # any failure of a plugin's code: undo, and name the step and plugin
@@ -64,6 +82,47 @@ class Transaction:
                 "pruneframe.layer_pruner.select_), never modify them, or no failed prune can be undone. Shapes and "
                 "attributes were restored, but the values it overwrote cannot be; fix the pruner."
             )
+        if module is not None and self._shared:
+            problem = self._retie(module, stand_ins)
+            if problem:
+                self.restore()
+                raise PruningError(f"{what}: {problem}. Every touched module was restored; the model is as it was.")
+
+    def _stand_ins(self, module: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter]]:
+        """Give ``module`` stand-ins, holding the original values, for the shared parameters already pruned."""
+        stand_ins = []
+        for sub in module.modules():
+            for name, p in list(sub._parameters.items()):
+                if p is not None and id(p) in self._pruned_shared:
+                    data, grad = self._saved[id(p)]
+                    stand_in = nn.Parameter(data, requires_grad=p.requires_grad)
+                    stand_in.grad = grad
+                    sub._parameters[name] = stand_in
+                    stand_ins.append((sub, name, p))
+        return stand_ins
+
+    def _retie(self, module: nn.Module, stand_ins: list[tuple[nn.Module, str, nn.Parameter]]) -> str | None:
+        """Put the shared parameters back into ``module``, checking a stand-in came out as the first prune made it."""
+        for sub, name, shared in stand_ins:
+            result = sub._parameters[name]
+            if result is None or result.shape != shared.shape or not torch.equal(result.detach(), shared.detach()):
+                others = ", ".join(type(m).__name__ for m, _ in self._shared[id(shared)] if m is not sub)
+                return (f"its parameter {name!r}, shared with {others}, was pruned differently by the two layers "
+                        "(tied weights must lose the same entries): keep one of them (ignored_layers)")
+            sub._parameters[name] = shared
+        for key, holders in self._shared.items():
+            shared = self._shared_object[key]
+            data, _ = self._saved[key]
+            for sub, name in holders:
+                if not any(sub is m for m in module.modules()):
+                    continue
+                result = sub._parameters[name]
+                if result is not shared and result is not None:  # the pruner made a new parameter: keep the tied one
+                    shared.data, shared.grad = result.data, result.grad
+                    sub._parameters[name] = shared
+            if shared.shape != data.shape or shared.data_ptr() != data.data_ptr():
+                self._pruned_shared.add(key)
+        return None
 
     def fail(self, error: PruningError) -> None:
         """Restore everything and raise ``error``."""

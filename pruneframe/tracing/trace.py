@@ -21,6 +21,7 @@ from ..registry import Registry
 from ..runtime import Forward, default_forward, model_run, tensors_in
 from . import labels as L
 from .recorder import Recorder, TraceResult
+from .shared import tie_shared
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def trace(
         if node.calls == 0:  # never called: nothing is known of its channels, so they stay as they are
             node.out_space = node.out_space or recorder.allocate(node, "out", 0)
             node.in_space = node.in_space or recorder.allocate(node, "in", 0)
+    tie_shared(recorder, leaves)
     if recorder.unsupported_ops:
         listed = ", ".join(f"{k} (x{v})" for k, v in sorted(recorder.unsupported_ops.items()))
         warnings.warn(
