@@ -25,6 +25,7 @@ import json
 import warnings
 from typing import Any, Callable, Mapping
 
+import torch
 from torch import nn
 
 from .errors import PruningError
@@ -86,7 +87,8 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], registry: Registry | None
                customized_pruners: Mapping[type, Any] | None = None) -> nn.Module:
     """Prune ``model`` (freshly built, unpruned) as ``plan`` says; all of it or, on any error, none of it."""
     _checked(plan)
-    _replay(model, plan, registry or get_registry(model), customized_pruners)
+    with torch.inference_mode(False):  # pruned tensors must be ordinary ones (see PruneApplier.apply)
+        _replay(model, plan, registry or get_registry(model), customized_pruners)
     record_plan(model, plan)
     return model
 
@@ -111,17 +113,18 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, Any], registry: Regi
         model.load_state_dict(state_dict)
         return model
     plan, weights = _checked(state_dict["pruning_plan"]), state_dict["state_dict"]
-    transaction = _replay(model, plan, registry or get_registry(model), customized_pruners)
-    with warnings.catch_warnings():  # only names and shapes are read: what a plugin's export hook says is not for this
-        warnings.simplefilter("ignore")
-        expected = model.state_dict()
-    mismatch = _misfit(expected, weights)
-    if mismatch:
-        transaction.fail(PruningError(
-            f"the weights do not fit the model pruned by its plan ({mismatch}); was the model built with the same "
-            "configuration as the one that was pruned? It was left as it was."
-        ))
-    model.load_state_dict(weights)  # names and shapes match: copying the values cannot fail now
+    with torch.inference_mode(False):  # pruned tensors must be ordinary ones (see PruneApplier.apply)
+        transaction = _replay(model, plan, registry or get_registry(model), customized_pruners)
+        with warnings.catch_warnings():  # only names and shapes are read: what a plugin's export hook says is not for this
+            warnings.simplefilter("ignore")
+            expected = model.state_dict()
+        mismatch = _misfit(expected, weights)
+        if mismatch:
+            transaction.fail(PruningError(
+                f"the weights do not fit the model pruned by its plan ({mismatch}); was the model built with the same "
+                "configuration as the one that was pruned? It was left as it was."
+            ))
+        model.load_state_dict(weights)  # names and shapes match: copying the values cannot fail now
     record_plan(model, plan)
     return model
 

@@ -7,7 +7,9 @@ ones; on leaving, every module's attributes (training flags, whatever a
 forward stored on itself), the buffers (a forward writes into copies, never
 into the model's own), the CPU and CUDA random number generators and the
 grad mode are as they were. Inside, gradients are off, cyclic garbage
-collection is paused, and a shapes-only run uses one thread.
+collection is paused, a shapes-only run uses one thread, and inference mode
+is off (under it torch dispatches some composite ops undecomposed, so a trace
+would see other ops).
 
 Example::
 
@@ -200,6 +202,8 @@ def model_run(model: nn.Module, example_inputs: Any, shapes_only: bool, eval_mod
     with contextlib.ExitStack() as stack:
         stack.enter_context(left_as_it_was(model))
         stack.enter_context(gc_paused())
+        # the same ops whatever mode the caller is in: inference mode dispatches composites (flatten) undecomposed
+        stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.no_grad())
         if eval_mode:
             for module in model.modules():

@@ -95,7 +95,15 @@ class PruneApplier:
             plan.forget_last(self.model)
 
     def apply(self, group: "Group", record_history: bool = True) -> None:
-        """Prune every layer of ``group`` and run the fix-ups; on any failure restore every touched module and raise."""
+        """Prune every layer of ``group`` and run the fix-ups; on any failure restore every touched module and raise.
+
+        Inference mode is off meanwhile: tensors made under it could not be trained afterwards, and they keep no
+        version counter, which the transaction reads to catch a pruner writing in place.
+        """
+        with torch.inference_mode(False):
+            self._apply(group, record_history)
+
+    def _apply(self, group: "Group", record_history: bool) -> None:
         if not len(group) or not group.root_idxs:
             return
         problems = group.problems()
