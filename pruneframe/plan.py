@@ -32,6 +32,7 @@ from .errors import PruningError
 from .graph.transaction import Transaction
 from .registry import Registry, get_registry
 from .registry.entries import CUSTOMIZED
+from .wrappers import unwrap
 
 FORMAT = "pruneframe-pruning-plan"
 VERSION = 1
@@ -60,7 +61,7 @@ def entry_of(node: Any, kind: str, idxs: list[int]) -> dict[str, Any]:
 
 def get_plan(model: nn.Module) -> dict[str, Any]:
     """The plan of everything pruned from ``model`` through a DependencyGraph, as plain data."""
-    steps = model.__dict__.get(_ATTRIBUTE, [])
+    steps = unwrap(model).__dict__.get(_ATTRIBUTE, [])
     return {"format": FORMAT, "version": VERSION, "steps": copy.deepcopy(steps)}
 
 
@@ -87,14 +88,16 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], registry: Registry | None
                customized_pruners: Mapping[type, Any] | None = None) -> nn.Module:
     """Prune ``model`` (freshly built, unpruned) as ``plan`` says; all of it or, on any error, none of it."""
     _checked(plan)
+    inner = unwrap(model)
     with torch.inference_mode(False):  # pruned tensors must be ordinary ones (see PruneApplier.apply)
-        _replay(model, plan, registry or get_registry(model), customized_pruners)
-    record_plan(model, plan)
+        _replay(inner, plan, registry or get_registry(inner), customized_pruners)
+    record_plan(inner, plan)
     return model
 
 
 def state_dict(model: nn.Module) -> dict[str, Any]:
-    """The model's weights and its pruning plan: ``{"state_dict": ..., "pruning_plan": ...}``."""
+    """The model's weights and its pruning plan: ``{"state_dict": ..., "pruning_plan": ...}`` (of the module a wrapper holds)."""
+    model = unwrap(model)
     return {"state_dict": model.state_dict(), "pruning_plan": get_plan(model)}
 
 
@@ -112,6 +115,7 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, Any], registry: Regi
     if "pruning_plan" not in state_dict or "state_dict" not in state_dict:
         model.load_state_dict(state_dict)
         return model
+    given, model = model, unwrap(model)  # a plan names the layers of the module a wrapper holds
     plan, weights = _checked(state_dict["pruning_plan"]), state_dict["state_dict"]
     with torch.inference_mode(False):  # pruned tensors must be ordinary ones (see PruneApplier.apply)
         transaction = _replay(model, plan, registry or get_registry(model), customized_pruners)
@@ -126,7 +130,7 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, Any], registry: Regi
             ))
         model.load_state_dict(weights)  # names and shapes match: copying the values cannot fail now
     record_plan(model, plan)
-    return model
+    return given
 
 
 def record_plan(model: nn.Module, plan: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .runtime import default_forward, model_run, tensors_in
+from .wrappers import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +258,7 @@ def count_ops_and_params(
             "run it once on real inputs before counting, so their sizes are known."
         )
 
+    model = unwrap(model)  # count the module a torch.compile / DataParallel wrapper holds
     forward = forward_fn or default_forward
     counter = None
     try:

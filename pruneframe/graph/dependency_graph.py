@@ -20,6 +20,7 @@ from ..layer_pruner import counts_as, validate_idxs
 from ..registry import Registry, get_registry
 from ..runtime import heap_frozen, runs, single_threaded
 from ..tracing import TraceResult, trace
+from ..wrappers import unwrap
 from .apply import PruneApplier
 from .couplings import ChannelCoupling
 from .dependency import Dependency, GroupItem, IndexMapping, PruneRecord, function_name
@@ -116,6 +117,7 @@ class DependencyGraph:
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"build_dependency takes an nn.Module, not {type(model).__name__}")
+        model = unwrap(model)  # torch.compile / DataParallel: the module they hold is what gets pruned
         if not isinstance(verify_prunes, (bool, str)) or verify_prunes not in VERIFY_MODES:
             raise ValueError(f"verify_prunes={verify_prunes!r}: use 'auto', 'always' (True) or 'never' (False)")
         for layer_type, pruner in (customized_pruners or {}).items():

@@ -26,6 +26,7 @@ from ..errors import ModelStopsRunningError, PruningError
 from ..graph import DependencyGraph, Group
 from ..importance import NothingToReadError
 from ..runtime import heap_frozen
+from ..wrappers import unwrap
 from .selection import Candidate, Limits, choose_ranked, first_key_per_root, join_blocks, select
 from ..registry import get_registry
 
@@ -97,6 +98,7 @@ class MetaPruner:
         if not callable(importance):
             raise TypeError(f"importance must be callable (group -> scores), not {type(importance).__name__}")
 
+        model = unwrap(model)  # torch.compile / DataParallel: prune the module they hold; the wrapper keeps working
         self.model = model
         self.example_inputs = example_inputs
         self.importance = importance
