@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import ModelStopsRunningError, PruningError
 from ..graph import DependencyGraph, Group
-from ..importance import NothingToReadError
+from ..importance import NothingToReadError, UnscorableGroupError
 from ..runtime import heap_frozen
 from ..wrappers import unwrap
 from .selection import Candidate, Limits, choose_ranked, first_key_per_root, join_blocks, select
@@ -270,7 +270,15 @@ class MetaPruner:
         node, space = group.root, group.root_space
         root, trigger = node.module, group[0].dep.trigger
         root_idxs = torch.as_tensor(group.root_idxs, dtype=torch.long)
-        scores = self.estimate_importance(group)
+        try:
+            scores = self.estimate_importance(group)
+        except (UnscorableGroupError, PruningError):
+            raise
+        except Exception as exc:  # a criterion's own failure: name it and its plugin; nothing was pruned yet
+            raise PruningError(
+                f"the importance {self._criterion()} failed on the group of {node.name}: {type(exc).__name__}: {exc}. "
+                "Scores are computed before anything is pruned: the model is as it was."
+            ) from exc
         if scores is None:
             return None
         scores = torch.as_tensor(scores, dtype=torch.float64).flatten().cpu()
@@ -289,6 +297,12 @@ class MetaPruner:
         ratio = self._head_ratio(group) if heads_mode else self.get_target_pruning_ratio(root)
         return Candidate(root, trigger, space, space.original_positions(root_idxs), labels, counts.tolist(), block_scores,
                          self._original.get(root, space.size), ratio, self._scope_of(group, root, node.name))
+
+    def _criterion(self) -> str:
+        """The importance criterion's class, and the plugin that registered it where one did."""
+        cls = type(self.importance)
+        plugin = next((e.plugin for e in get_registry().importances if e.factory is cls), None)
+        return f"{cls.__name__} (plugin {plugin!r})" if plugin else cls.__name__
 
     def _block_labels(self, group: Group) -> tuple[torch.Tensor | None, bool]:
         """For each root index the block it can only go with (numbered from 0), and whether blocks are whole heads.
