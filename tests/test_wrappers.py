@@ -1,6 +1,7 @@
 """torch.compile, DataParallel and DistributedDataParallel models prune through the module they hold."""
 from __future__ import annotations
 
+import gc
 import io
 
 import pytest
@@ -60,3 +61,28 @@ def test_a_sharded_wrapper_is_refused_with_what_to_pass_instead() -> None:
 
     with pytest.raises(tp.PruningError, match="shards the model's parameters.*prune the model before wrapping it with FSDP"):
         tp.DependencyGraph().build_dependency(FullyShardedDataParallel(_mlp()), X)
+
+
+def test_distributed_data_parallel_prunes_the_held_module(tmp_path) -> None:
+    """One gloo process on the CPU: DistributedDataParallel holds the module; the prune goes to it."""
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        model = _mlp()
+        wrapped = nn.parallel.DistributedDataParallel(model)
+        with pytest.warns(UserWarning, match=r"DDP keeps gradient buckets of the old sizes.*DistributedDataParallel\(ddp.module\)"):
+            pruner = tp.pruner.MetaPruner(wrapped, X, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                                          ignored_layers=[model[4]])
+        pruner.step()
+        assert unwrap(wrapped) is model and model[0].out_features == 8
+        assert all(not k.startswith("module.") for k in tp.state_dict(wrapped)["state_dict"])
+        module = wrapped.module
+        del wrapped  # the old wrapper holds the parameters' gradient accumulators, sized as before
+        gc.collect()
+        rewrapped = nn.parallel.DistributedDataParallel(module)  # what the warning says: then it trains
+        rewrapped(X).sum().backward()
+        assert model[0].weight.grad.shape == model[0].weight.shape
+    finally:
+        dist.destroy_process_group()

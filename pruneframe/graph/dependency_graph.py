@@ -117,7 +117,7 @@ class DependencyGraph:
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"build_dependency takes an nn.Module, not {type(model).__name__}")
-        model = unwrap(model)  # torch.compile / DataParallel: the module they hold is what gets pruned
+        model = unwrap(model, pruning=True)  # torch.compile / DataParallel: the module they hold is what gets pruned
         if not isinstance(verify_prunes, (bool, str)) or verify_prunes not in VERIFY_MODES:
             raise ValueError(f"verify_prunes={verify_prunes!r}: use 'auto', 'always' (True) or 'never' (False)")
         for layer_type, pruner in (customized_pruners or {}).items():

@@ -98,7 +98,7 @@ class MetaPruner:
         if not callable(importance):
             raise TypeError(f"importance must be callable (group -> scores), not {type(importance).__name__}")
 
-        model = unwrap(model)  # torch.compile / DataParallel: prune the module they hold; the wrapper keeps working
+        model = unwrap(model, pruning=True)  # torch.compile / DataParallel: prune the module they hold
         self.model = model
         self.example_inputs = example_inputs
         self.importance = importance
