@@ -406,19 +406,22 @@ class _Builder:
         s = self.emit("fn", (s,), "sigmoid", [Feat(ft.channels, 1, ft.pinned)])
         return self.emit("mul", (t, s), None, [Feat(ft.channels, ft.size, ft.pinned)])
 
-    def _plain_convs(self) -> list[tuple[str, LayerSpec]]:
-        return [(name, spec) for name, spec in self.layers
-                if spec.cls == "Conv2d" and dict(spec.kwargs).get("groups", 1) == 1 and spec.tied_to is None]
+    def _shared_conv(self) -> tuple[str, LayerSpec, int] | None:
+        """An existing plain conv and a map of its input width to apply it (or its weight) to, or None."""
+        convs = [(name, spec) for name, spec in self.layers
+                 if spec.cls == "Conv2d" and dict(spec.kwargs).get("groups", 1) == 1 and spec.tied_to is None]
+        if not convs:
+            return None
+        name, spec = convs[self.draw(st.integers(0, len(convs) - 1))]
+        src = self.pick(lambda f: f.channels == spec.args[0])
+        return None if src is None else (name, spec, src)
 
     def reuse(self, first: int | None = None) -> int:
         """An existing conv module called again, on another map of its input width (one module on two branches)."""
-        convs = self._plain_convs()
-        if not convs:
+        found = self._shared_conv()
+        if found is None:
             return self.conv(first)
-        name, spec = convs[self.draw(st.integers(0, len(convs) - 1))]
-        src = self.pick(lambda f: f.channels == spec.args[0])
-        if src is None:
-            return self.conv(first)
+        name, spec, src = found
         f = self.feats[src]
         if f.pinned and name not in self.keep_in:
             self.keep_in.append(name)
@@ -426,13 +429,10 @@ class _Builder:
 
     def tied(self, first: int | None = None) -> int:
         """A new conv whose weight is an existing conv's (tied weights), on a map of its input width."""
-        convs = self._plain_convs()
-        if not convs:
+        found = self._shared_conv()
+        if found is None:
             return self.conv(first)
-        name, spec = convs[self.draw(st.integers(0, len(convs) - 1))]
-        src = self.pick(lambda f: f.channels == spec.args[0])
-        if src is None:
-            return self.conv(first)
+        name, spec, src = found
         f = self.feats[src]
         kwargs = tuple(kv for kv in spec.kwargs if kv[0] != "bias") + ((("bias", False),) if self.draw(st.booleans()) else ())
         return self.layer(LayerSpec("Conv2d", spec.args, kwargs, tied_to=name), src, Feat(spec.args[1], f.size, name in self.keep_out),
