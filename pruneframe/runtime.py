@@ -246,5 +246,27 @@ def runs(model: nn.Module, example_inputs: Any, forward_fn: Forward | None, shap
     return None
 
 
-__all__ = ["Forward", "Run", "default_forward", "gc_paused", "heap_frozen", "left_as_it_was", "map_tensors", "model_run", "named_tensors",
+def describe_inputs(inputs: Any) -> str:
+    """A short account of example_inputs for an error message: types and shapes, never values."""
+    if isinstance(inputs, torch.Tensor):
+        return f"Tensor{tuple(inputs.shape)}"
+    if isinstance(inputs, dict):
+        return "{" + ", ".join(f"{key!r}: {describe_inputs(value)}" for key, value in inputs.items()) + "}"
+    if isinstance(inputs, (tuple, list)):
+        inner = ", ".join(describe_inputs(x) for x in inputs)
+        return f"[{inner}]" if isinstance(inputs, list) else f"({inner}{',' if len(inputs) == 1 else ''})"
+    if isinstance(inputs, (int, float, bool, str, type(None))):
+        return repr(inputs)
+    return type(inputs).__name__
+
+
+def inputs_hint(inputs: Any) -> str:
+    """What to pass instead, for an error about example_inputs."""
+    if isinstance(inputs, (tuple, list, torch.Size)) and inputs and all(isinstance(x, int) for x in inputs):
+        return f"example_inputs looks like a shape: pass a tensor of that shape instead, e.g. torch.randn{tuple(inputs)}."
+    return ("Pass inputs the model accepts: a tensor, a tuple or list of positional inputs, or a dict of keyword "
+            "inputs — or a forward_fn(model, example_inputs) that calls the model.")
+
+
+__all__ = ["Forward", "Run", "default_forward", "describe_inputs", "gc_paused", "heap_frozen", "inputs_hint", "left_as_it_was", "map_tensors", "model_run", "named_tensors",
            "runs", "single_threaded", "tensors_in"]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .runtime import default_forward, model_run, tensors_in
+from .runtime import default_forward, describe_inputs, inputs_hint, model_run, tensors_in
 from .wrappers import unwrap
 
 logger = logging.getLogger(__name__)
@@ -273,8 +273,8 @@ def count_ops_and_params(
             raise
         except Exception as exc:  # whatever the model's own code raises is why it cannot be counted
             raise ValueError(
-                f"count_ops_and_params could not run {type(model).__name__} on example_inputs={_describe(example_inputs)}: "
-                f"{type(exc).__name__}: {exc}. {_hint(example_inputs)}"
+                f"count_ops_and_params could not run {type(model).__name__} on example_inputs={describe_inputs(example_inputs)}: "
+                f"{type(exc).__name__}: {exc}. {inputs_hint(example_inputs)}"
             ) from exc
 
     params = sum(p.numel() for p in model.parameters())  # parameters() yields a shared Parameter once
@@ -298,24 +298,3 @@ def _count(model: nn.Module, example_inputs: Any, forward: Callable[[nn.Module, 
         stack.enter_context(counter)
         forward(model, run.inputs)
     return counter
-
-
-def _describe(inputs: Any) -> str:
-    """A short account of example_inputs for an error message: types and shapes, never values."""
-    if isinstance(inputs, torch.Tensor):
-        return f"Tensor{tuple(inputs.shape)}"
-    if isinstance(inputs, dict):
-        return "{" + ", ".join(f"{key!r}: {_describe(value)}" for key, value in inputs.items()) + "}"
-    if isinstance(inputs, (tuple, list)):
-        inner = ", ".join(_describe(x) for x in inputs)
-        return f"[{inner}]" if isinstance(inputs, list) else f"({inner}{',' if len(inputs) == 1 else ''})"
-    if isinstance(inputs, (int, float, bool, str, type(None))):
-        return repr(inputs)
-    return type(inputs).__name__
-
-
-def _hint(inputs: Any) -> str:
-    if isinstance(inputs, (tuple, list, torch.Size)) and inputs and all(isinstance(x, int) for x in inputs):
-        return f"example_inputs looks like a shape: pass a tensor of that shape instead, e.g. torch.randn{tuple(inputs)}."
-    return ("Pass inputs the model accepts: a tensor, a tuple or list of positional inputs, or a dict of keyword "
-            "inputs — or a forward_fn(model, example_inputs) that calls the model.")

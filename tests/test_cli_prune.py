@@ -49,3 +49,42 @@ def test_bad_input_gets_a_message_and_exit_2(tmp_path, capsys) -> None:
         assert main(["prune", *args, "--input-shape", "1,3,32,32", "--out", out]) == 2, args
         assert message in capsys.readouterr().err, args
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_arguments_are_checked_before_any_model_is_built(tmp_path, capsys) -> None:
+    """Each a message naming the bad value and the way out, exit 2, no file written -- and no model built."""
+    import pruneframe.app.model_sources as sources
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was built before the arguments were checked")
+
+    original, sources.build = sources.build, never
+    try:
+        for args, message in [(("--ratio", "1.5"), "pruning_ratio=1.5 must be a number in [0, 1)"),
+                              (("--steps", "0"), "--steps 0: give a positive number"),
+                              (("--round-to", "0"), "--round-to 0"),
+                              (("--out", str(tmp_path / "missing" / "x.pth")), "does not exist; create it first"),
+                              (("--out", str(tmp_path)), "that is a directory")]:
+            argv = ["prune", "torchvision:resnet18", "--out", str(tmp_path / "x.pth"), *args]
+            assert main(argv) == 2, args
+            assert message in capsys.readouterr().err, args
+    finally:
+        sources.build = original
+    assert not list(tmp_path.iterdir())
+
+
+def test_rough_inputs_get_messages_not_tracebacks(tmp_path, capsys) -> None:
+    out = str(tmp_path / "x.pth")
+    assert main(["prune", f"hf:{tmp_path / 'nonexistent'}", "--out", out]) == 2
+    assert "no such local directory or config file; pruneframe never downloads" in capsys.readouterr().err
+    assert main(["prune", "torchvision:resnet18", "--input-shape", "1,7", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "example_inputs=Tensor(1, 7)" in err and "Pass inputs the model accepts" in err
+    # --ignore takes one value (or a comma list), so it cannot swallow the model name placed after it
+    assert main(["prune", "--ignore", "nosuch", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--out", out]) == 2
+    assert "--ignore nosuch: no such layer in torchvision:resnet18" in capsys.readouterr().err
+
+
+def test_version() -> None:
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == "pruneframe 0.1.0"

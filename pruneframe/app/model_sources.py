@@ -68,7 +68,13 @@ def _huggingface(name: str, input_shape):
         from transformers import AutoConfig, AutoModel
     except ImportError as exc:
         raise ModelSourceError("hf: models need the transformers package (pip install transformers)") from exc
-    config = AutoConfig.from_pretrained(name)  # a local directory or file; nothing is downloaded for weights
+    if not os.path.exists(name):
+        raise ModelSourceError(f"hf:{name}: no such local directory or config file; pruneframe never downloads, so pass "
+                               "a directory holding config.json (e.g. one written by save_pretrained)")
+    try:
+        config = AutoConfig.from_pretrained(name, local_files_only=True)  # never the Hub
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"hf:{name}: not a Hugging Face config ({type(exc).__name__}: {exc})") from exc
     model = AutoModel.from_config(config).eval()
     torch.manual_seed(0)
     batch, length = (input_shape or (1, 32))[:2]

@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 from ..errors import PruningError, UnsupportedOpWarning
 from ..graph.node import Node
 from ..registry import Registry
-from ..runtime import Forward, default_forward, model_run, tensors_in
+from ..runtime import Forward, default_forward, describe_inputs, inputs_hint, model_run, tensors_in
 from . import labels as L
 from .recorder import Recorder, TraceResult
 from .shared import tie_shared
@@ -86,7 +86,15 @@ def trace(
             for node in leaves.values():
                 node.calls, node.out_space, node.in_space = 0, None, None
     if recorder is None:
-        recorder = _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, shapes_only=False)
+        try:
+            recorder = _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, shapes_only=False)
+        except PruningError:
+            raise
+        except Exception as exc:  # the model's own code failed on these inputs: say so, and what to pass
+            raise ValueError(
+                f"build_dependency could not run {type(model).__name__} on example_inputs={describe_inputs(example_inputs)}: "
+                f"{type(exc).__name__}: {exc}. {inputs_hint(example_inputs)} The model was left as it was."
+            ) from exc
 
     for node in leaves.values():
         if node.calls == 0:  # never called: nothing is known of its channels, so they stay as they are
