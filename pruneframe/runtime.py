@@ -235,11 +235,12 @@ def model_run(model: nn.Module, example_inputs: Any, shapes_only: bool, eval_mod
         yield run
 
 
-def runs(model: nn.Module, example_inputs: Any, forward_fn: Forward | None, shapes_only: bool) -> str | None:
+def runs(model: nn.Module, example_inputs: Any, forward_fn: Forward | None, shapes_only: bool,
+         eval_mode: bool = False) -> str | None:
     """Whether ``model`` still runs on ``example_inputs``: None if it does, else what went wrong. The model is left as it was."""
     forward = forward_fn or default_forward
     try:
-        with model_run(model, example_inputs, shapes_only) as run:
+        with model_run(model, example_inputs, shapes_only, eval_mode=eval_mode) as run:
             forward(model, run.inputs)
     except Exception as exc:  # whatever the model's own code raises is the answer, reported to the caller
         return f"{type(exc).__name__}: {exc}"

@@ -274,3 +274,16 @@ def test_a_graph_build_leaves_the_collector_as_it_was() -> None:
     with pytest.raises(Exception):
         tp.DependencyGraph().build_dependency(model, torch.randn(1, 7))
     assert gc.get_freeze_count() == before
+
+
+def test_a_training_mode_model_that_cannot_run_on_the_inputs_is_traced_in_eval_mode() -> None:
+    """BatchNorm on one value per channel fails in training mode; the graph is the eval-mode one, the flags stay."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, 2)).train()
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        model(x)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    assert all(m.training for m in model.modules())
+    DG.get_pruning_group(model[0], tp.prune_conv_out_channels, [0, 3]).prune()
+    assert model[2].num_features == 6 and model[4].in_features == 6
+    assert model.eval()(x).shape == (1, 2)

@@ -299,7 +299,8 @@ class DependencyGraph:
             return None
         if mode == "auto" and not self._coupling.sized_by_code(ids):
             return None
-        return runs(self.model, inputs, forward_fn, shapes_only=self._require_trace().mode == "shapes")
+        traced = self._require_trace()
+        return runs(self.model, inputs, forward_fn, shapes_only=traced.mode == "shapes", eval_mode=traced.eval_mode)
 
     # --- history ------------------------------------------------------------------------
     def pruning_history(self) -> list[list[PruneRecord]]:

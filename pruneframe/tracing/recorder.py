@@ -39,6 +39,7 @@ class TraceResult:
     mode: str = "real"  # "shapes": traced on fake tensors; "real": on the example inputs themselves
     ties: list[tuple[torch.Tensor, list[torch.Tensor]]] = attrs.Factory(list)  # (slice ids (P,), per operand (P, k) ids)
     sized_by_code: torch.Tensor = attrs.Factory(lambda: torch.empty(0, dtype=torch.long))  # ids that met code-given sizes
+    eval_mode: bool = False  # traced with every module in eval mode (the model did not run in training mode)
 
 
 class NeedsRealValues(Exception):
@@ -79,6 +80,7 @@ class Recorder(TorchDispatchMode):
         self.edges: list[torch.Tensor] = []
         self.ties: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
         self.code_sized: list[torch.Tensor] = []
+        self.eval_mode = False  # set by the trace: the pass ran with every module in eval mode
         self.reasons: dict[int, str] = {}
         self._reason_ids: dict[str, int] = {}
         self.unsupported_ops: dict[str, int] = {}

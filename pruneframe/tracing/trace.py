@@ -74,27 +74,18 @@ def trace(
     raw_params = raw_parameters(model, leaves, unwrapped_parameters)
 
     forward = forward_fn or default_forward
-    recorder = None
-    if os.environ.get(ENV_TRACE, "auto") != "real":
-        try:
-            recorder = _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, shapes_only=True)
-        except PruningError:
+    args = (model, example_inputs, registry, leaves, raw_params, forward, output_transform)
+    try:
+        recorder = _record_somehow(*args, eval_mode=False)
+    except ValueError:
+        if not any(m.training for m in model.modules()):
             raise
-        except Exception as exc:  # the shapes-only pass cannot run this model (values needed, an op without a fake
-            # kernel, data-dependent shapes): trace it for real instead, which gives the same graph, only slower
-            logger.debug("shapes-only trace failed (%s: %s); tracing with real tensors", type(exc).__name__, exc)
-            for node in leaves.values():
-                node.calls, node.out_space, node.in_space = 0, None, None
-    if recorder is None:
-        try:
-            recorder = _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, shapes_only=False)
-        except PruningError:
-            raise
-        except Exception as exc:  # the model's own code failed on these inputs: say so, and what to pass
-            raise ValueError(
-                f"build_dependency could not run {type(model).__name__} on example_inputs={describe_inputs(example_inputs)}: "
-                f"{type(exc).__name__}: {exc}. {inputs_hint(example_inputs)} The model was left as it was."
-            ) from exc
+        # a model in training mode may not run on small example inputs (BatchNorm on one value per channel); the
+        # graph of the same model in eval mode is the same, so trace that (the model keeps its training flags)
+        for node in leaves.values():
+            node.calls, node.out_space, node.in_space = 0, None, None
+        recorder = _record_somehow(*args, eval_mode=True)
+        logger.debug("traced %s in eval mode: it does not run on these inputs in training mode", type(model).__name__)
 
     for node in leaves.values():
         if node.calls == 0:  # never called: nothing is known of its channels, so they stay as they are
@@ -112,20 +103,47 @@ def trace(
     edges = torch.cat(recorder.edges, dim=1) if recorder.edges else torch.empty(2, 0, dtype=torch.long)
     return TraceResult(recorder.nodes, recorder.spaces, recorder.next_id, edges, recorder.reasons, recorder.unsupported_ops,
                        "shapes" if recorder.shapes_only else "real", recorder.ties,
-                       torch.unique(torch.cat(recorder.code_sized)) if recorder.code_sized else torch.empty(0, dtype=torch.long))
+                       torch.unique(torch.cat(recorder.code_sized)) if recorder.code_sized else torch.empty(0, dtype=torch.long),
+                       recorder.eval_mode)
+
+
+def _record_somehow(model: nn.Module, example_inputs: Any, registry: Registry, leaves: dict[nn.Module, Node],
+                    raw_params: dict[int, tuple[str, nn.Parameter, int | None]], forward: Forward,
+                    output_transform: Callable[[Any], Any] | None, eval_mode: bool) -> Recorder:
+    """A recorded pass on fake tensors when the model allows, else on the real inputs (the same graph, slower)."""
+    if os.environ.get(ENV_TRACE, "auto") != "real":
+        try:
+            return _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, True, eval_mode)
+        except PruningError:
+            raise
+        except Exception as exc:  # the shapes-only pass cannot run this model (values needed, an op without a fake
+            # kernel, data-dependent shapes): trace it for real instead, which gives the same graph, only slower
+            logger.debug("shapes-only trace failed (%s: %s); tracing with real tensors", type(exc).__name__, exc)
+            for node in leaves.values():
+                node.calls, node.out_space, node.in_space = 0, None, None
+    try:
+        return _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, False, eval_mode)
+    except PruningError:
+        raise
+    except Exception as exc:  # the model's own code failed on these inputs: say so, and what to pass
+        raise ValueError(
+            f"build_dependency could not run {type(model).__name__} on example_inputs={describe_inputs(example_inputs)}: "
+            f"{type(exc).__name__}: {exc}. {inputs_hint(example_inputs)} The model was left as it was."
+        ) from exc
 
 
 def _record(model: nn.Module, example_inputs: Any, registry: Registry, leaves: dict[nn.Module, Node],
             raw_params: dict[int, tuple[str, nn.Parameter, int | None]], forward: Forward,
-            output_transform: Callable[[Any], Any] | None, shapes_only: bool) -> Recorder:
+            output_transform: Callable[[Any], Any] | None, shapes_only: bool, eval_mode: bool = False) -> Recorder:
     """One forward pass under the recorder: on fake tensors (shapes only, no arithmetic) or on the real ones."""
     handles = []
     try:
-        with model_run(model, example_inputs, shapes_only) as run:
+        with model_run(model, example_inputs, shapes_only, eval_mode=eval_mode) as run:
             if shapes_only:  # the raw parameters the forward sees are their fake stand-ins
                 raw_params = {id(run.fake_of_name[n]) if n in run.fake_of_name else key: (n, p, d)
                               for key, (n, p, d) in raw_params.items()}
             recorder = Recorder(registry, leaves, raw_params, run.real_of, shapes_only)
+            recorder.eval_mode = eval_mode
             for module in leaves:
                 handles.append(module.register_forward_pre_hook(recorder.leaf_pre, with_kwargs=True))
                 handles.append(module.register_forward_hook(recorder.leaf_post, with_kwargs=True))
