@@ -7,16 +7,25 @@ The functional names (``prune_conv_out_channels``, ``prune_linear_in_channels``,
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from . import importance, pruner, utils
-from .errors import ModelStopsRunningError, PluginLoadError, PluginLoadWarning, PruningError, UnsupportedOpWarning
-from .graph import Dependency, DependencyGraph, Group, GroupItem, IndexMapping, Member, Node, PruneRecord
-from .hookspecs import hookimpl
-from .layer_pruner import BasePruningFunc, ChannelDim, Coupling, DeclarativeLayerPruner, LayerPruner, TensorDims
-from .app.model_sources import load_pruned
-from .plan import load_state_dict, state_dict
-from .registry import get_registry, reload_plugins
+# Names are imported on first use (PEP 562), so ``import pruneframe`` -- and the command line's --help -- cost
+# nothing until something is used; ``import torch`` alone takes over a second.
+_NAMES = {
+    "ModelStopsRunningError": "errors", "PluginLoadError": "errors", "PluginLoadWarning": "errors",
+    "PruningError": "errors", "UnsupportedOpWarning": "errors",
+    "Dependency": "graph", "DependencyGraph": "graph", "Group": "graph", "GroupItem": "graph", "IndexMapping": "graph",
+    "Member": "graph", "Node": "graph", "PruneRecord": "graph",
+    "hookimpl": "hookspecs",
+    "BasePruningFunc": "layer_pruner", "ChannelDim": "layer_pruner", "Coupling": "layer_pruner",
+    "DeclarativeLayerPruner": "layer_pruner", "LayerPruner": "layer_pruner", "TensorDims": "layer_pruner",
+    "load_pruned": "app.model_sources",
+    "load_state_dict": "plan", "state_dict": "plan",
+    "get_registry": "registry", "reload_plugins": "registry",
+}
+_MODULES = ("app", "errors", "graph", "hookspecs", "importance", "layer_pruner", "plan", "plugin_manager", "pruner",
+            "registry", "runtime", "testing", "tracing", "utils", "wrappers")
 
 __version__ = "0.1.0"
 
@@ -53,14 +62,21 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name.startswith("prune_") and name.endswith("_channels"):
-        fn = get_registry().functional(name)
+        registry = __getattr__("get_registry")()
+        fn = registry.functional(name)
         if fn is not None:
             return fn
-        known = ", ".join(get_registry().functional_names())
+        known = ", ".join(registry.functional_names())
         raise AttributeError(f"pruneframe has no {name!r}: no installed plugin provides it. Known: {known}")
     raise AttributeError(f"module 'pruneframe' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(get_registry().functional_names()))
+    return sorted(set(globals()) | set(_NAMES) | set(_MODULES) | set(__getattr__("get_registry")().functional_names()))

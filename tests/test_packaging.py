@@ -59,3 +59,22 @@ def test_installed_wheel_finds_its_plugins(wheel: Path, tmp_path: Path) -> None:
     core, conv, names = json.loads(out.stdout)
     assert core.startswith(str(target)) and conv.startswith(str(target))  # the installed copy, not this checkout
     assert {"conv", "linear", "ops_shape", "rnn"} <= set(names)
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
+    """``import pruneframe`` loads nothing eagerly, so any module may be the first one imported: no import cycle."""
+    package = ROOT / "pruneframe"
+    modules = sorted("pruneframe." + ".".join(p.relative_to(package).with_suffix("").parts).removesuffix(".__init__")
+                     for p in package.rglob("*.py") if p.name != "__main__.py")
+    modules += sorted(f"pruneframe.plugins.{p.stem}" for p in (ROOT / "plugins").glob("*.py") if p.stem != "__init__")
+    script = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    for name in modules:
+        result = subprocess.run([sys.executable, "-c", script, name.removesuffix(".")], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, f"{name}: {result.stderr[-2000:]}"
+
+
+def test_import_pruneframe_imports_no_torch() -> None:
+    result = subprocess.run([sys.executable, "-c", "import sys, pruneframe; print('torch' in sys.modules)"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "False", result.stderr

@@ -6,12 +6,12 @@ import json
 import os
 import sys
 
-from ..registry import build_registry, get_registry
-
 DATA_FREE = ("l1", "l2", "magnitude", "group_magnitude", "group_norm", "bn_scale", "lamp", "fpgm", "random")
 
 
 def _plugins(args: argparse.Namespace) -> int:
+    from ..registry import build_registry
+
     json.dump(build_registry().describe(failures=True), sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
@@ -50,6 +50,7 @@ def _prune(args: argparse.Namespace) -> int:
     import torch
 
     from .. import importance as importance_module
+    from ..registry import get_registry
     from ..pruner import MetaPruner
     from ..utils import count_ops_and_params
     from .model_sources import ModelSourceError, build, save_pruned

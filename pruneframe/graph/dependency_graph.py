@@ -10,7 +10,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -19,13 +19,15 @@ from ..errors import PruningError
 from ..layer_pruner import counts_as, validate_idxs
 from ..registry import Registry, get_registry
 from ..runtime import heap_frozen, runs, single_threaded
-from ..tracing import TraceResult, trace
 from ..wrappers import unwrap
 from .apply import PruneApplier
 from .couplings import ChannelCoupling
 from .dependency import Dependency, GroupItem, IndexMapping, PruneRecord, function_name
 from .group import Group
 from .node import Node
+
+if TYPE_CHECKING:
+    from ..tracing import TraceResult
 
 
 def channel_kind(pruning_fn: Callable[..., Any]) -> str:
@@ -132,6 +134,8 @@ class DependencyGraph:
         self.model = model
         self._example = (example_inputs, forward_fn, VERIFY_MODES[verify_prunes])
         self.ignored_layers = list(ignored_layers or ())
+        from ..tracing import trace  # the tracer builds on graph nodes: imported when first used, not with the package
+
         with heap_frozen():
             self._trace = trace(model, example_inputs, self.registry, self._customized, forward_fn, output_transform, unwrapped)
             with single_threaded():
