@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,8 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of the tracked files: a stale build/ folder in the checkout would fill in what the config misses.
+    source = tmp_path_factory.mktemp("source")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out), str(source)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -59,6 +67,25 @@ def test_installed_wheel_finds_its_plugins(wheel: Path, tmp_path: Path) -> None:
     core, conv, names = json.loads(out.stdout)
     assert core.startswith(str(target)) and conv.startswith(str(target))  # the installed copy, not this checkout
     assert {"conv", "linear", "ops_shape", "rnn"} <= set(names)
+    # Every module comes from the wheel: the editable install of this checkout must not fill in a missing subpackage.
+    code = ("import importlib, json, pkgutil, pruneframe; "
+            "names = [m.name for m in pkgutil.walk_packages(pruneframe.__path__, 'pruneframe.') if not m.name.endswith('__main__')]; "
+            "print(json.dumps({n: importlib.import_module(n).__file__ for n in names}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    files = json.loads(out.stdout)
+    assert {"pruneframe.graph.group", "pruneframe.tracing.trace", "pruneframe.app.cli"} <= set(files)
+    outside = {n: f for n, f in files.items() if not f.startswith(str(target))}
+    assert not outside, f"modules missing from the wheel, found in the checkout instead: {outside}"
+
+
+def test_pyproject_lists_every_subpackage() -> None:
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "pruneframe").rglob("__init__.py")}
+    assert listed == on_disk | {"pruneframe.plugins"}, "fix [tool.setuptools] packages in pyproject.toml"
 
 
 def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
