@@ -24,3 +24,7 @@ class PluginLoadWarning(UserWarning):
 
 class UnsupportedOpWarning(UserWarning):
     """The tracer met an op no handler understands; channels through it are not pruned."""
+
+
+class MissingPluginWarning(UserWarning):
+    """The model comes from a framework whose pruneframe plugin is not installed; the warning names what to install."""

@@ -325,3 +325,12 @@ def test_channels_first_layer_norm_keeps_channels_in_dim_1(without_timm: Any) ->
 
 def test_readme_example_runs(installed: Path, tmp_path: Path) -> None:
     run_readme_example(CONTRIB, installed, tmp_path)
+
+
+def test_with_the_plugin_installed_there_is_no_missing_plugin_warning() -> None:
+    from pruneframe.errors import MissingPluginWarning
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingPluginWarning)
+        tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 32, 32))

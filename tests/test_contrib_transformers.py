@@ -509,3 +509,12 @@ def test_a_tied_llama_hidden_size_prune_round_trips_through_save_pretrained() ->
     assert model.lm_head.weight is model.model.embed_tokens.weight
     trip = round_trip(model, TEXT, AutoModelForCausalLM)
     assert trip["same"] and trip["warnings"] == [] and trip["reloaded"]["hidden_size"] == 48
+
+
+def test_with_the_plugin_installed_there_is_no_missing_plugin_warning() -> None:
+    from pruneframe.errors import MissingPluginWarning
+
+    model = LlamaForCausalLM(llama_config(layers=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingPluginWarning)
+        tp.DependencyGraph().build_dependency(model, example_inputs=TEXT)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import PruningError
 from ..layer_pruner import counts_as, validate_idxs
-from ..registry import Registry, get_registry
+from ..registry import Registry, get_registry, warn_missing_family_plugins
 from ..runtime import heap_frozen, runs, single_threaded
 from ..wrappers import unwrap
 from .apply import PruneApplier
@@ -131,6 +131,7 @@ class DependencyGraph:
             unwrapped.append((item[0], int(item[1])))
         if self._registry is None:
             self._registry = get_registry(model)  # loads the plugins of the frameworks the model comes from
+            warn_missing_family_plugins(model)
         self.model = model
         self._example = (example_inputs, forward_fn, VERIFY_MODES[verify_prunes])
         self.ignored_layers = list(ignored_layers or ())
@@ -250,6 +251,9 @@ class DependencyGraph:
         unknown op are left out.
         """
         trace_ = self._require_trace()
+        for given in root_module_types or ():
+            if not isinstance(given, type):
+                raise TypeError(f"root_module_types takes layer classes such as nn.Conv2d or nn.Linear, not {given!r}")
         with single_threaded():
             groups = list(self._all_groups(trace_, ignored_layers, root_module_types))
         return iter(groups)

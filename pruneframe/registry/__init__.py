@@ -21,6 +21,7 @@ from .loading import (
     build_registry,
     get_registry,
     reload_plugins,
+    warn_missing_family_plugins,
 )
 from .lookup import Registry
 
@@ -28,5 +29,5 @@ __all__ = [
     "BUILTIN_DISTRIBUTION", "ENTRY_POINT_GROUP", "ENV_ALLOW", "ENV_BLOCK", "ENV_STRICT", "FRAMEWORK_GROUP",
     "ImportanceEntry", "LayerPrunerEntry", "ModuleHookEntry", "OpHandlerEntry", "PluginFailure", "PluginInfo",
     "PluginSet", "Registry", "ResolvedPruner", "UnknownImportanceError", "build_registry", "get_registry",
-    "hookimpl", "hookspec", "reload_plugins",
+    "hookimpl", "hookspec", "reload_plugins", "warn_missing_family_plugins",
 ]

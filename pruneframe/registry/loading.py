@@ -32,9 +32,10 @@ import pluggy
 import torch
 from torch import nn
 
-from ..errors import PluginLoadError, PluginLoadWarning
+from ..errors import MissingPluginWarning, PluginLoadError, PluginLoadWarning
 from . import hookspecs
 from .entries import ImportanceEntry, LayerPrunerEntry, ModuleHookEntry, OpHandlerEntry, PluginFailure, PluginInfo
+from .known_plugins import missing_family_plugins
 from .lookup import Registry
 
 if sys.version_info >= (3, 12):
@@ -263,6 +264,10 @@ class PluginSet:
             self._registry = self._collect()
         return self._registry
 
+    def frameworks_served(self) -> set[str]:
+        """The frameworks some found plugin (loaded or still deferred) declares in the ``pruneframe.frameworks`` group."""
+        return {f for p in [*self.loaded, *self.deferred] for f in p.frameworks}
+
     def _collect(self) -> Registry:
         """Register the plugins with a fresh plugin manager, in a fixed order, and call every hook through its relay."""
         pm = pluggy.PluginManager("pruneframe")
@@ -320,6 +325,21 @@ def get_registry(model: nn.Module | None = None) -> Registry:
         if _process_plugins is None:
             _process_plugins = PluginSet(lazy=True)
         return _process_plugins.registry(model)
+
+
+def warn_missing_family_plugins(model: nn.Module) -> None:
+    """Warn, naming the distribution to install, when ``model`` comes from a framework no installed plugin serves."""
+    with _lock:
+        served = _process_plugins.frameworks_served() if _process_plugins is not None else set()
+    roots = {type(m).__module__.partition(".")[0] for m in model.modules()}
+    for framework, distribution in missing_family_plugins(roots, served):
+        warnings.warn(
+            f"{type(model).__name__} is a {framework} model, and no installed plugin serves {framework}: sizes it keeps "
+            f"outside the layers (config fields, head counts) will not follow the prune. Install {distribution} first "
+            f"(pip install contrib/{distribution} in a pruneframe checkout).",
+            MissingPluginWarning,
+            stacklevel=3,
+        )
 
 
 def reload_plugins() -> Registry:
