@@ -2,7 +2,10 @@
 
 - Every ```python block in docs/*.md and README.md runs, in a fresh namespace,
   without raising (the blocks assert what they claim). A block whose fence is
-  preceded by the line ``<!-- not-tested -->`` is skipped.
+  preceded by the line ``<!-- not-tested -->`` is skipped. A page holding the
+  line ``<!-- docs-test: needs contrib/NAME -->`` has its blocks run with that
+  contrib distribution pip-installed (offline, into a temporary folder), as a
+  reader who followed the page's install step has it.
 - docs/hooks.md documents every hook of ``pruneframe.hookspecs`` with its exact
   signature (and the signature of the ``register`` callback it receives), and
   nothing else.
@@ -10,6 +13,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -30,6 +34,7 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 HOOKS_DOC = DOCS / "hooks.md"
 NOT_TESTED = "<!-- not-tested -->"
+_NEEDS = re.compile(r"^<!-- docs-test: needs (?P<dist>contrib/[A-Za-z0-9_.-]+) -->$", re.MULTILINE)
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*?)[ \t]*$")
 
@@ -41,15 +46,23 @@ class CodeBlock(NamedTuple):
     line: int  # 1-based line of the opening fence
     source: str
     tested: bool
+    needs: tuple[str, ...] = ()  # contrib distributions (``contrib/NAME``) its page says to install
 
     @property
     def id(self) -> str:
         return f"{self.path.relative_to(ROOT)}:{self.line}"
 
 
+def needed_distributions(text: str) -> tuple[str, ...]:
+    """The contrib distributions a page's examples need: its ``<!-- docs-test: needs contrib/NAME -->`` lines."""
+    return tuple(match["dist"] for match in _NEEDS.finditer(text))
+
+
 def code_blocks(path: Path) -> list[CodeBlock]:
     """Every ```python block of a Markdown file; other fenced blocks are skipped whole."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    text = path.read_text(encoding="utf-8")
+    needs = needed_distributions(text)
+    lines = text.splitlines()
     found: list[CodeBlock] = []
     i = 0
     while i < len(lines):
@@ -69,7 +82,7 @@ def code_blocks(path: Path) -> list[CodeBlock]:
         if info.split(maxsplit=1)[:1] == ["python"]:
             previous = next((lines[k].strip() for k in range(i - 1, -1, -1) if lines[k].strip()), "")
             body = [line[len(indent):] if line.startswith(indent) else line for line in lines[i + 1:end]]
-            found.append(CodeBlock(path, i + 1, "\n".join(body) + "\n", previous != NOT_TESTED))
+            found.append(CodeBlock(path, i + 1, "\n".join(body) + "\n", previous != NOT_TESTED, needs))
         i = end + 1
     return found
 
@@ -79,11 +92,14 @@ def _documents() -> list[Path]:
 
 
 BLOCKS = [block for path in _documents() for block in code_blocks(path) if block.tested]
+# a block that needs a contrib distribution installs it: slow, like the contrib tests
+_PARAMS = [pytest.param(b, id=b.id, marks=[pytest.mark.slow] if b.needs else []) for b in BLOCKS]
 
 
 def test_the_docs_hold_runnable_examples() -> None:
     """The guides promise runnable examples; losing them all (a broken fence, a moved file) must fail."""
-    for name, at_least in (("concepts.md", 2), ("writing-plugins.md", 3), ("pruning.md", 2)):
+    for name, at_least in (("concepts.md", 2), ("writing-plugins.md", 3), ("pruning.md", 2), ("getting-started.md", 2),
+                           ("language-models.md", 5)):
         assert len([b for b in BLOCKS if b.path == DOCS / name]) >= at_least, f"docs/{name} lost its examples"
 
 
@@ -105,8 +121,35 @@ def test_code_blocks_parses_fences_and_markers(tmp_path: Path) -> None:
         code_blocks(tmp_path / "open.md")
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_doc_example_runs(block: CodeBlock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_page_names_the_contrib_distributions_its_examples_need(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text("# A page\n\n<!-- docs-test: needs contrib/pruneframe-transformers -->\n\n```python\nx = 1\n```\n"
+                   "text <!-- docs-test: needs contrib/not-on-its-own-line -->\n", encoding="utf-8")
+    [block] = code_blocks(doc)
+    assert block.needs == ("contrib/pruneframe-transformers",)
+    assert code_blocks(DOCS / "concepts.md")[0].needs == ()
+    for path in _documents():
+        for dist in needed_distributions(path.read_text(encoding="utf-8")):
+            assert (ROOT / dist / "pyproject.toml").is_file(), f"{path.name} needs {dist}, which is not a distribution"
+
+
+@pytest.fixture(scope="session")
+def contrib_sites(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``site(dist)``: the contrib distribution ``dist`` pip-installed offline into a folder of its own, once per session."""
+    from contrib_support import install_offline
+
+    sites: dict[str, Path] = {}
+
+    def site(dist: str) -> Path:
+        if dist not in sites:
+            sites[dist] = install_offline(ROOT / dist, tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site"))
+        return sites[dist]
+
+    return site
+
+
+@pytest.mark.parametrize("block", _PARAMS)
+def test_doc_example_runs(block: CodeBlock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     # Padding with blank lines makes a traceback point at the Markdown file's own line numbers.
     code = compile("\n" * block.line + block.source, str(block.path), "exec")
     namespace: dict[str, Any] = {"__name__": "__doc_example__"}
@@ -115,8 +158,15 @@ def test_doc_example_runs(block: CodeBlock, tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(loading, "_process_plugins", loading._process_plugins)
     monkeypatch.chdir(tmp_path)
     try:
-        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
-            exec(code, namespace)
+        with contextlib.ExitStack() as installed:
+            if block.needs:
+                from contrib_support import installed_in_process
+
+                site = request.getfixturevalue("contrib_sites")
+                for dist in block.needs:
+                    installed.enter_context(installed_in_process(site(dist), Path(dist).name.replace("-", "_")))
+            with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+                exec(code, namespace)
     finally:
         os.environ.clear()
         os.environ.update(environ)
