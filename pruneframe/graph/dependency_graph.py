@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
+import attrs
 import torch
 from torch import nn
 
@@ -24,7 +25,7 @@ from .apply import PruneApplier
 from .couplings import ChannelCoupling
 from .dependency import Dependency, GroupItem, IndexMapping, PruneRecord, function_name
 from .group import Group
-from .node import Node
+from .node import Node, Space
 
 if TYPE_CHECKING:
     from ..tracing import TraceResult
@@ -59,6 +60,27 @@ class ModuleHints:
 
 
 VERIFY_MODES = {"auto": "auto", "always": "always", "never": "never", True: "always", False: "never"}
+
+
+@attrs.frozen
+class KeptWhole:
+    """One side of a layer whose channels all stay, and why: ``kind`` is "out" or "in", ``channels`` how many it has."""
+
+    name: str
+    type: str
+    kind: str
+    channels: int
+    reasons: tuple[str, ...] = attrs.field(converter=tuple)
+
+
+@attrs.frozen(eq=False)
+class ChannelTie:
+    """Channels of two spaces the trace tied directly: traced position ``a_positions[k]`` of ``a`` with ``b_positions[k]`` of ``b``."""
+
+    a: Space
+    b: Space
+    a_positions: torch.Tensor
+    b_positions: torch.Tensor
 
 
 class DependencyGraph:
@@ -314,3 +336,82 @@ class DependencyGraph:
     def pruning_history(self) -> list[list[PruneRecord]]:
         """Every group pruned through this graph, in order: per layer, current indices and traced positions."""
         return [list(records) for records in self._applier.history] if self._applier is not None else []
+
+    # --- reading the coupling -------------------------------------------------------------
+    @property
+    def unsupported_ops(self) -> dict[str, int]:
+        """The ops no plugin handles that the trace met, with how often each ran; channels that reach them are blocked."""
+        return dict(self._require_trace().unsupported_ops)
+
+    def kept_whole(self, ignored_layers: Iterable[Any] = ()) -> list[KeptWhole]:
+        """Every layer side none of whose remaining channels may be pruned, in trace order, with the reasons.
+
+        A side stays whole when all its channels are blocked (they reach a model
+        input or output, an op no plugin handles, a layer ignored at
+        ``build_dependency``, a plugin's module hint, ...) or are coupled with the
+        output of a layer in ``ignored_layers``, which ``get_all_groups`` leaves
+        out the same way. The input side of a layer whose inputs and outputs are
+        one channel space (a batch norm) is its output side and is not listed.
+        """
+        trace_ = self._require_trace()
+        coupling = self._coupling
+        assert coupling is not None
+        ignored = {id(m) for m in ignored_layers}
+        ignored_roots = [(coupling.roots(n.out_space, torch.arange(n.out_space.current_size)), f"{n.name} is an ignored layer")
+                         for n in self.module2node.values()
+                         if id(n.module) in ignored and n.out_space is not None and n.out_space.current_size]
+        reasons_of: dict[bytes, list[str]] = {}  # the components a side's blocked channels lie in -> their reasons
+        kept = []
+        for space in trace_.spaces:
+            node = space.node
+            if space.current_size == 0 or (space.kind == "in" and node.in_out_coupled):
+                continue
+            _, free = coupling.prunable(space)
+            reasons: list[str] = []
+            if not bool(free.all()):
+                blocked = torch.nonzero(~free).flatten()  # current indices: alive positions in order
+                key = torch.unique(coupling.roots(space, blocked)).numpy().tobytes()
+                if key not in reasons_of:  # one lookup per distinct set of components, not per side (an LLM's hidden size)
+                    reasons_of[key] = coupling.members(space, blocked)[1]
+                reasons += reasons_of[key]
+            if ignored_roots and bool(free.any()):
+                roots = coupling.roots(space, torch.arange(space.current_size))
+                for kept_roots, reason in ignored_roots:
+                    hit = torch.isin(roots, kept_roots)
+                    if bool((hit & free).any()):
+                        reasons.append(reason)
+                        free = free & ~hit
+            if not bool(free.any()):
+                kept.append(KeptWhole(node.name, node.type, space.kind, space.current_size, tuple(dict.fromkeys(reasons))))
+        return kept
+
+    def channel_ties(self) -> list[ChannelTie]:
+        """Pairs of channel spaces the trace tied directly, each with the traced positions tied, in trace order.
+
+        A layer's output tied to the input of the layer that reads it, the two
+        operands of an add, two layers reading one tensor: the edges of the
+        coupling. Ties through the slices of a product (attention heads) and ties
+        to reasons for keeping channels are not edges between two spaces and are
+        not listed.
+        """
+        trace_ = self._require_trace()
+        spaces = trace_.spaces
+        if not spaces or not trace_.edges.numel():
+            return []
+        bases = torch.tensor([s.base for s in spaces], dtype=torch.long)
+        ends = bases + torch.tensor([s.size for s in spaces], dtype=torch.long)
+        edges = torch.unique(trace_.edges, dim=1).contiguous()
+        owner = torch.searchsorted(bases, edges, right=True) - 1  # the space each id would lie in
+        owned = (owner >= 0) & (edges < ends[owner.clamp(min=0)])
+        keep = owned.all(0) & (owner[0] != owner[1])
+        edges, owner = edges[:, keep], owner[:, keep]
+        swap = owner[0] > owner[1]  # one direction per pair of spaces
+        edges[:, swap], owner[:, swap] = edges.flip(0)[:, swap], owner.flip(0)[:, swap]
+        key = owner[0] * len(spaces) + owner[1]
+        order = torch.argsort(key, stable=True)
+        pairs, counts = torch.unique_consecutive(key[order], return_counts=True)
+        ties = []
+        for pair, run in zip(pairs.tolist(), torch.split(edges[:, order], counts.tolist(), dim=1)):
+            a, b = spaces[pair // len(spaces)], spaces[pair % len(spaces)]
+            ties.append(ChannelTie(a, b, run[0] - a.base, run[1] - b.base))
+        return ties
