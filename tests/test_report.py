@@ -150,6 +150,29 @@ def test_a_pruner_that_chose_nothing_of_a_group_says_so() -> None:
     assert why(kept_whole(pruner))[("b", "out")] == (CHOSE_NONE,) and why(kept_whole(pruner))[("c", "in")] == (CHOSE_NONE,)
 
 
+def test_channels_no_root_layer_holds_are_named_as_such() -> None:
+    class MeanOfHalves(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.b = nn.Conv2d(4, 8, 1)
+            self.c = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            y = y.view(y.shape[0], 2, -1, y.shape[2], y.shape[3]).mean(1)  # values of no channel of a
+            return self.c(torch.relu(self.b(y)))
+
+    model = MeanOfHalves().eval()
+    pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 4, 4), tp.importance.MagnitudeImportance(), pruning_ratio=0.5)
+    with pytest.warns(UserWarning, match="left whole: after pruning them the model no longer runs"):
+        pruner.step()  # a's prune would change b's input width, which nothing prunes with it: the run check undoes it
+    reasons = why(kept_whole(pruner))
+    assert (model.a.out_channels, model.b.out_channels) == (8, 4) and ("b", "out") not in reasons
+    assert reasons[("b", "in")] == ("the pruner ranks the channels of root layers (ConvNd, Linear, RNNBase) and none of them "
+                                    "holds these",)
+
+
 def test_groups_a_pruner_records_as_left_whole_are_listed_with_its_reason() -> None:
     """A pruner that records ``left_whole`` -- (group, reason) pairs -- has its reasons reported for sides still whole."""
     model = nn.Sequential(OrderedDict(a=nn.Conv2d(3, 8, 1), bn=nn.BatchNorm2d(8), b=nn.Conv2d(8, 8, 1), c=nn.Conv2d(8, 2, 1)))

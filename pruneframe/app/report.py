@@ -274,7 +274,7 @@ def kept_whole(source: Any) -> list[KeptWhole]:
             grouped = {id(space) for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=types)
                        for space, _ in group.touched}
             no_root = ("the pruner ranks the channels of root layers ("
-                       + ", ".join(t.__name__ for t in types or ()) + ") and none of them holds these")
+                       + ", ".join(t.__name__.lstrip("_") for t in types or ()) + ") and none of them holds these")
             for space in untouched:
                 reasons[space] = [CHOSE_NONE if id(space) in grouped else no_root]
     return [KeptWhole(s.node.name, s.node.type, s.kind, s.current_size, tuple(reasons[s])) for s in by_side.values() if s in reasons]
