@@ -32,12 +32,12 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .runtime import default_forward, describe_inputs, inputs_hint, model_run, tensors_in
-from .wrappers import unwrap
+from ..runtime import default_forward, describe_inputs, inputs_hint, model_run, tensors_in
+from ..wrappers import unwrap
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["count_ops_and_params"]
+__all__ = ["count_ops_and_params", "count_params"]
 
 aten = torch.ops.aten
 
@@ -298,3 +298,10 @@ def _count(model: nn.Module, example_inputs: Any, forward: Callable[[nn.Module, 
         stack.enter_context(counter)
         forward(model, run.inputs)
     return counter
+
+
+def count_params(module: nn.Module) -> int:
+    """The number of parameters of ``module``; a parameter shared by several submodules (tied weights) counts once."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"count_params needs a torch.nn.Module, got {type(module).__name__}")
+    return sum(p.numel() for p in unwrap(module).parameters())
