@@ -789,3 +789,37 @@ def test_cli_lists_the_importance_names() -> None:
     by_name = {p["name"]: p for p in json.loads(out.stdout)}
     assert by_name["importance_criteria"]["importances"] == sorted(BUILTIN_NAMES)
     assert by_name["linear"]["importances"] == []
+
+
+# --- Torch-Pruning's other spellings: "gate", no reduction, "sentinel_<q>" ------------------------------------------
+
+
+def test_gate_takes_each_root_index_from_the_last_member_that_holds_it() -> None:
+    _, _, group = _mlp_group()
+    _close(MagnitudeImportance(p=1, group_reduction="gate", normalizer=None)(group), [1, 3, 3, 5])  # fc2's columns
+
+
+def test_no_reduction_keeps_one_row_per_member_and_a_pruner_refuses_it() -> None:
+    model, _, group = _mlp_group()
+    scores = MagnitudeImportance(p=1, group_reduction=None, normalizer=None)(group)
+    assert scores.shape == (2, 4)
+    _close(scores[0], [1, 2, 3, 3])
+    _close(scores[1], [1, 3, 3, 5])
+    _close(MagnitudeImportance(p=1, group_reduction=None, normalizer="sum")(group)[1], [1 / 21, 3 / 21, 3 / 21, 5 / 21])
+    pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, dtype=torch.float64),
+                                  MagnitudeImportance(group_reduction=None), pruning_ratio=0.5, ignored_layers=[model.fc2])
+    with pytest.raises(tp.PruningError, match="gave 8 scores for a group whose root fc1 has 4"):
+        pruner.step()
+    assert model.fc1.out_features == 4
+
+
+@pytest.mark.parametrize("q, divisor", [("0", 1), ("0.25", 2.5), ("0.5", 3), ("0.74", 3), ("1", 4), ("1.0", 4)])
+def test_sentinel_divides_by_the_score_at_quantile_q(q: str, divisor: float) -> None:
+    _, _, group = _mlp_group()  # mean-reduced scores [1, 2.5, 3, 4]: divided by the int(q * 4)-th smallest
+    _close(MagnitudeImportance(p=1, normalizer=f"sentinel_{q}")(group), [v / divisor for v in (1, 2.5, 3, 4)])
+
+
+def test_bad_sentinel_spellings_are_refused() -> None:
+    for bad in ("sentinel_", "sentinel_half", "sentinel_1.5", "sentinel_-0.1"):
+        with pytest.raises(ValueError, match=r"sentinel_<q>.*between 0 and 1"):
+            MagnitudeImportance(normalizer=bad)

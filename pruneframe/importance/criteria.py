@@ -54,22 +54,29 @@ class PerLayerImportance(Importance):
 
     ``group_reduction`` combines, per root index, the scores of the member
     layers that hold one of its channels: "mean" (their average), "sum", "max",
-    "prod" (product) or "first" (the first such member in group order, i.e. the
-    root layer when the criterion reads it). ``normalizer`` rescales the
+    "prod" (product), "first" (the first such member in group order, i.e. the
+    root layer when the criterion reads it) or "gate" (the last such member).
+    ``group_reduction=None`` reduces nothing: the result is a 2-D tensor, one
+    row per member layer read (zeros where a layer holds no channel of a root
+    index), for analysis -- a pruner needs one score per root index and refuses
+    it. ``normalizer`` rescales the
     reduced scores ``s`` of the group: "mean" ``s / mean(s)``, "max"
     ``s / max(s)``, "sum" ``s / sum(s)`` (all three leave all-zero scores
     unchanged), "standarization" (also spelt "standardization";
     min-max scaling as in Torch-Pruning: ``(s - min) / (max - min)``, zeros if
     all are equal), "gaussian" ``(s - mean) / std`` (unbiased std; centred only
-    if it is 0), "lamp" (see ``LAMPImportance``), None (unchanged) or a
-    function ``tensor -> tensor``.
+    if it is 0), "lamp" (see ``LAMPImportance``), "sentinel_<q>" (``s``
+    divided by its value at quantile ``q``, the ``int(q * n)``-th smallest:
+    "sentinel_0.5" is the median; unchanged if that is 0), None (unchanged) or
+    a function ``tensor -> tensor``. Rows of ``group_reduction=None`` are
+    normalised together, as one tensor.
 
     Raises ``UnscorableGroupError`` when no member layer is read, when some
     root index has no channel in a layer that is read, or when a score is NaN
     or infinite.
     """
 
-    def __init__(self, group_reduction: str = "mean", normalizer: Normalizer = "mean",
+    def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
                  target_types: Iterable[type] = DEFAULT_TARGET_TYPES):
         check_options(group_reduction, normalizer)
         self.group_reduction = group_reduction
@@ -151,7 +158,7 @@ class MagnitudeImportance(PerLayerImportance):
     taken: with ``p=2`` this is the squared L2 norm, as in Torch-Pruning.)
     """
 
-    def __init__(self, p: float = 2, group_reduction: str = "mean", normalizer: Normalizer = "mean", bias: bool = False,
+    def __init__(self, p: float = 2, group_reduction: str | None = "mean", normalizer: Normalizer = "mean", bias: bool = False,
                  target_types: Iterable[type] = DEFAULT_TARGET_TYPES):
         super().__init__(group_reduction, normalizer, target_types)
         if not p > 0:
@@ -175,7 +182,7 @@ GroupNormImportance = MagnitudeImportance
 class BNScaleImportance(MagnitudeImportance):
     """Network slimming: ``|gamma|`` of the batch-norm layers in the group."""
 
-    def __init__(self, group_reduction: str = "mean", normalizer: Normalizer = "mean"):
+    def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean"):
         super().__init__(p=1, group_reduction=group_reduction, normalizer=normalizer, bias=False,
                          target_types=(nn.modules.batchnorm._BatchNorm,))
 
@@ -183,7 +190,7 @@ class BNScaleImportance(MagnitudeImportance):
 class LAMPImportance(MagnitudeImportance):
     """LAMP: magnitude (``p=2``: squared weights), normalised by ``s_i / sum(s_j for s_j >= s_i)`` over the group."""
 
-    def __init__(self, p: float = 2, group_reduction: str = "mean", normalizer: Normalizer = "lamp", bias: bool = False,
+    def __init__(self, p: float = 2, group_reduction: str | None = "mean", normalizer: Normalizer = "lamp", bias: bool = False,
                  target_types: Iterable[type] = DEFAULT_TARGET_TYPES):
         if normalizer != "lamp":
             raise ValueError(f"LAMPImportance normalises with 'lamp', got normalizer={normalizer!r}; "
@@ -201,7 +208,7 @@ class FPGMImportance(PerLayerImportance):
     Reads convolutions and Linear layers by default.
     """
 
-    def __init__(self, p: float = 2, group_reduction: str = "mean", normalizer: Normalizer = "mean", bias: bool = False,
+    def __init__(self, p: float = 2, group_reduction: str | None = "mean", normalizer: Normalizer = "mean", bias: bool = False,
                  target_types: Iterable[type] = (nn.modules.conv._ConvNd, nn.Linear)):
         super().__init__(group_reduction, normalizer, target_types)
         self.p = p
@@ -228,7 +235,7 @@ class TaylorImportance(PerLayerImportance):
     an error naming it.
     """
 
-    def __init__(self, group_reduction: str = "mean", normalizer: Normalizer = "mean", multivariable: bool = False,
+    def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean", multivariable: bool = False,
                  bias: bool = False, target_types: Iterable[type] = DEFAULT_TARGET_TYPES):
         super().__init__(group_reduction, normalizer, target_types)
         self.multivariable = multivariable
@@ -275,7 +282,7 @@ class HessianImportance(PerLayerImportance):
     prune, call ``zero_grad()`` and accumulate again.
     """
 
-    def __init__(self, group_reduction: str = "mean", normalizer: Normalizer = "mean", bias: bool = False,
+    def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean", bias: bool = False,
                  target_types: Iterable[type] = DEFAULT_TARGET_TYPES):
         super().__init__(group_reduction, normalizer, target_types)
         self.bias = bias
