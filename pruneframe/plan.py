@@ -9,13 +9,26 @@ a freshly built, unpruned model of the same architecture gives the pruned
 architecture; loading the weights then gives the pruned model. No class is
 pickled, so a saved file loads wherever the model's own code does.
 
-``state_dict(model)`` returns ``{"state_dict": ..., "pruning_plan": ...}``;
-``load_state_dict(fresh_model, state_dict=sd)`` replays and loads (pass
-``customized_pruners={MyLayer: MyPruner()}`` for layers pruned by your own
-pruners). Replay checks the whole plan against the model first, then applies
-it as one transaction, the same one ``Group.prune()`` uses: on any error the
-model is left exactly as it was, and it is never copied. The plan alone is
-readable JSON: ``plan_to_json`` / ``plan_from_json``.
+``state_dict(model)`` returns ``{"state_dict": ..., "pruning_plan": ...,
+"attributes": ...}``; ``load_state_dict(fresh_model, state_dict=sd)`` replays
+and loads (pass ``customized_pruners={MyLayer: MyPruner()}`` for layers pruned
+by your own pruners). Replay checks the whole plan against the model first,
+then applies it as one transaction, the same one ``Group.prune()`` uses: on
+any error the model is left exactly as it was, and it is never copied. The
+plan alone is readable JSON: ``plan_to_json`` / ``plan_from_json``.
+
+Attributes a user set on the model or its modules (``model.my_tag = "x"``, a
+size the forward reads) come back too, as Torch-Pruning's serialization does,
+but only plain data: numbers, strings, booleans, None, and lists, tuples and
+string-keyed dicts of those. Everything saved loads with
+``torch.load(weights_only=True)``. Other values (objects, tensors) are not
+saved; if the fresh model lacks one of them after loading, a warning names it.
+Callables (functions, classes) and names starting with ``_`` are code, not
+state, and ``training`` is left as the fresh model has it.
+
+``save`` and ``load`` are ``torch.save`` and ``torch.load`` (``load`` with
+``weights_only=True`` unless told otherwise), Torch-Pruning's ``tp.save`` /
+``tp.load``.
 """
 from __future__ import annotations
 
@@ -95,10 +108,94 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], registry: Registry | None
     return model
 
 
+def save(obj: Any, f: Any, **kwargs: Any) -> None:
+    """``torch.save``: write ``state_dict(model)`` (or any object) to ``f``."""
+    torch.save(obj, f, **kwargs)
+
+
+def load(f: Any, map_location: Any = None, weights_only: bool = True, **kwargs: Any) -> Any:
+    """``torch.load``, safe by default: what ``state_dict(model)`` wrote loads with ``weights_only=True``."""
+    return torch.load(f, map_location=map_location, weights_only=weights_only, **kwargs)
+
+
 def state_dict(model: nn.Module) -> dict[str, Any]:
-    """The model's weights and its pruning plan: ``{"state_dict": ..., "pruning_plan": ...}`` (of the module a wrapper holds)."""
+    """The model's weights, pruning plan and plain-data attributes (of the module a wrapper holds).
+
+    ``{"state_dict": ..., "pruning_plan": ..., "attributes": ..., "unsaved_attributes": ...}``: see the module doc.
+    """
     model = unwrap(model)
-    return {"state_dict": model.state_dict(), "pruning_plan": get_plan(model)}
+    attributes, unsaved = _attributes_of(model)
+    return {"state_dict": model.state_dict(), "pruning_plan": get_plan(model), "attributes": attributes,
+            "unsaved_attributes": unsaved}
+
+
+_PLAIN_SCALARS = (type(None), bool, int, float, str)
+_SKIPPED = ("training",)
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is plain data that ``torch.load(weights_only=True)`` reads back exactly (exact types only)."""
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return True
+    if kind in (list, tuple):
+        return all(_plain(v) for v in value)
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    return False
+
+
+def _attributes_of(model: nn.Module) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
+    """Per module name: its plain-data attributes (copied), and the type names of the data attributes that are not plain."""
+    saved: dict[str, dict[str, Any]] = {}
+    unsaved: dict[str, dict[str, str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        mine, skipped = {}, {}
+        for attr, value in vars(module).items():
+            if attr.startswith("_") or attr in _SKIPPED or callable(value):
+                continue
+            if _plain(value):
+                mine[attr] = copy.deepcopy(value)
+            else:
+                skipped[attr] = type(value).__name__
+        if mine:
+            saved[name] = mine
+        if skipped:
+            unsaved[name] = skipped
+    return saved, unsaved
+
+
+def _check_attributes(model: nn.Module, attributes: Any) -> list[tuple[nn.Module, str, Any]]:
+    """The (module, name, value) assignments ``attributes`` asks for; raises, before anything changes, if one cannot apply."""
+    if not isinstance(attributes, dict):
+        raise ValueError(f"the saved 'attributes' are a {type(attributes).__name__}, not a dict; the file is damaged")
+    modules = dict(model.named_modules(remove_duplicate=False))
+    found = []
+    for name, values in attributes.items():
+        module = modules.get(name)
+        if module is None:
+            raise PruningError(f"attributes were saved for a module {name!r}, which the model does not have; the state "
+                               "dict is for another architecture. The model was left as it was.")
+        if not isinstance(values, dict) or not all(isinstance(k, str) and _plain(v) for k, v in values.items()):
+            raise ValueError(f"the saved attributes of module {name!r} are not plain data; the file is damaged")
+        for attr, value in values.items():
+            if attr in module._parameters or attr in module._buffers or attr in module._modules:
+                raise PruningError(f"the saved attribute {name or '(model)'}.{attr} is a plain value, but {attr!r} is a "
+                                   "parameter, buffer or submodule of this model; the state dict is for another architecture. "
+                                   "The model was left as it was.")
+            found.append((module, attr, value))
+    return found
+
+
+def _warn_unsaved(model: nn.Module, unsaved: Any) -> None:
+    """Warn of attributes that were not saved (not plain data) and that the freshly built model does not have either."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    missing = [f"{name + '.' if name else ''}{attr} ({kind})" for name, attrs_ in (unsaved or {}).items()
+               for attr, kind in (attrs_ or {}).items() if name in modules and attr not in vars(modules[name])]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        warnings.warn(f"these attributes were not saved, only plain data is (numbers, strings, lists, tuples, dicts): {shown}. "
+                      "Set them again on the loaded model.", stacklevel=3)
 
 
 def load_state_dict(model: nn.Module, state_dict: dict[str, Any], registry: Registry | None = None,
@@ -112,6 +209,11 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, Any], registry: Regi
     """
     if not isinstance(state_dict, dict):
         raise TypeError(f"load_state_dict takes the dict pruneframe.state_dict returned, not {type(state_dict).__name__}")
+    if "full_state_dict" in state_dict and "attributions" in state_dict:
+        raise ValueError(
+            "this is Torch-Pruning's state_dict format, which pickles every module's __dict__; pruneframe does not load "
+            "pickled modules. Load it with Torch-Pruning, then save it with pruneframe.state_dict(model)."
+        )
     if "pruning_plan" not in state_dict or "state_dict" not in state_dict:
         model.load_state_dict(state_dict)
         return model
@@ -128,8 +230,15 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, Any], registry: Regi
                 f"the weights do not fit the model pruned by its plan ({mismatch}); was the model built with the same "
                 "configuration as the one that was pruned? It was left as it was."
             ))
+        try:
+            assignments = _check_attributes(model, state_dict.get("attributes", {}))
+        except (PruningError, ValueError) as exc:
+            transaction.fail(exc)
         model.load_state_dict(weights)  # names and shapes match: copying the values cannot fail now
+    for module, attr, value in assignments:  # checked above: plain values on names that are no parameter or submodule
+        vars(module)[attr] = copy.deepcopy(value)
     record_plan(model, plan)
+    _warn_unsaved(model, state_dict.get("unsaved_attributes"))
     return given
 
 
@@ -254,4 +363,5 @@ def _checked(plan: Any) -> dict[str, Any]:
     return plan
 
 
-__all__ = ["apply_plan", "entry_of", "get_plan", "load_state_dict", "plan_from_json", "plan_to_json", "record", "state_dict"]
+__all__ = ["apply_plan", "entry_of", "get_plan", "load", "load_state_dict", "plan_from_json", "plan_to_json", "record", "save",
+           "state_dict"]

@@ -218,3 +218,83 @@ def test_a_failure_while_replaying_restores_the_whole_model_without_copying_it(m
     with pytest.raises(tp.PruningError, match="do not fit the model pruned by its plan.*size mismatch"):
         tp.load_state_dict(fresh, state_dict=wrong, customized_pruners={ns["CustomizedLayer"]: ns["MyPruner"]()})
     assert _same_state(fresh, before) and not get_plan(fresh)["steps"]
+
+
+# --- user attributes ----------------------------------------------------------------------------------------------
+
+
+class Tagged(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def _pruned_tagged():
+    torch.manual_seed(0)
+    model = Tagged()
+    DG = tp.DependencyGraph().build_dependency(model, torch.randn(1, 4))
+    DG.get_pruning_group(model.a, tp.prune_linear_out_channels, [0, 3]).prune()
+    return model
+
+
+def test_plain_user_attributes_come_back_and_load_with_weights_only() -> None:
+    model = _pruned_tagged()
+    model.tag, model.a.sizes, model.b.meta = "pruned-v1", [4, (1, 2.5)], {"note": None, "ok": True}
+    sd = roundtrip(tp.state_dict(model))  # weights_only=True
+    assert sd["attributes"][""]["tag"] == "pruned-v1" and "training" not in sd["attributes"][""]
+    fresh = Tagged().train()
+    tp.load_state_dict(fresh, state_dict=sd)
+    assert (fresh.tag, fresh.a.sizes, fresh.b.meta) == ("pruned-v1", [4, (1, 2.5)], {"note": None, "ok": True})
+    assert fresh.a.out_features == 4 and fresh.training  # the fresh model keeps its own mode
+    model.a.sizes.append(9)
+    assert fresh.a.sizes == [4, (1, 2.5)]  # copies, not the saved objects
+
+
+def test_attributes_that_are_not_plain_data_are_named_when_the_fresh_model_lacks_them() -> None:
+    class Handle:
+        pass
+
+    model = _pruned_tagged()
+    model.handle = Handle()  # an object: not saved (no pickling)
+    model.fn = len  # code: not state, never saved
+    sd = roundtrip(tp.state_dict(model))
+    assert "handle" not in sd["attributes"].get("", {}) and sd["unsaved_attributes"][""] == {"handle": "Handle"}
+    fresh = Tagged()
+    with pytest.warns(UserWarning, match=r"not saved.*handle \(Handle\)"):
+        tp.load_state_dict(fresh, state_dict=sd)
+    assert not hasattr(fresh, "handle") and fresh.a.out_features == 4
+
+
+def test_attributes_that_do_not_fit_leave_the_model_as_it_was() -> None:
+    model = _pruned_tagged()
+    sd = tp.state_dict(model)
+    sd["attributes"]["a"] = {"weight": 3}  # a plain value where the fresh model has a parameter
+    fresh = Tagged()
+    shapes = [p.shape for p in fresh.parameters()]
+    with pytest.raises(tp.PruningError, match=r"a\.weight is a plain value"):
+        tp.load_state_dict(fresh, state_dict=sd)
+    assert [p.shape for p in fresh.parameters()] == shapes and not get_plan(fresh)["steps"]
+    sd["attributes"] = {"nosuch": {"x": 1}}
+    with pytest.raises(tp.PruningError, match="module 'nosuch'"):
+        tp.load_state_dict(fresh, state_dict=sd)
+    assert [p.shape for p in fresh.parameters()] == shapes
+
+
+def test_torch_pruning_format_is_refused_with_what_to_do() -> None:
+    with pytest.raises(ValueError, match="Torch-Pruning's state_dict format"):
+        tp.load_state_dict(Tagged(), state_dict={"full_state_dict": {}, "attributions": {}})
+
+
+def test_save_and_load_are_torch_save_and_a_safe_torch_load(tmp_path) -> None:
+    model = _pruned_tagged()
+    model.tag = "x"
+    tp.save(tp.state_dict(model), tmp_path / "m.pth")
+    fresh = tp.load_state_dict(Tagged(), state_dict=tp.load(tmp_path / "m.pth"))
+    assert fresh.tag == "x" and fresh.a.out_features == 4
+    torch.save(Tagged(), tmp_path / "pickled.pth")  # a whole pickled module: refused unless asked for
+    with pytest.raises(Exception, match="Weights only load failed"):
+        tp.load(tmp_path / "pickled.pth")
+    assert isinstance(tp.load(tmp_path / "pickled.pth", weights_only=False), Tagged)
