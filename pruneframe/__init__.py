@@ -21,15 +21,22 @@ _NAMES = {
     "BasePruningFunc": "layer_pruner", "ChannelDim": "layer_pruner", "Coupling": "layer_pruner",
     "DeclarativeLayerPruner": "layer_pruner", "LayerPruner": "layer_pruner", "TensorDims": "layer_pruner",
     "load_pruned": "app.model_sources",
-    "load_state_dict": "plan", "state_dict": "plan",
+    "load": "plan", "load_state_dict": "plan", "save": "plan", "state_dict": "plan",
     "get_registry": "registry", "reload_plugins": "registry",
+    "PrunerBox": "function",
+    # Torch-Pruning exports its pruners at the top level too
+    "BNScalePruner": "pruner", "BasePruner": "pruner", "GroupNormPruner": "pruner", "GrowingRegPruner": "pruner",
+    "MagnitudePruner": "pruner", "MetaPruner": "pruner",
 }
-_MODULES = ("app", "errors", "graph", "hookspecs", "importance", "layer_pruner", "plan", "plugin_manager", "pruner",
+_MODULES = ("app", "errors", "function", "graph", "hookspecs", "importance", "layer_pruner", "plan", "plugin_manager", "pruner",
             "registry", "runtime", "testing", "tracing", "utils", "wrappers")
+_MODULE_ALIASES = {"serialization": "plan", "algorithms": "pruner"}  # Torch-Pruning's module names
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BNScalePruner",
+    "BasePruner",
     "BasePruningFunc",
     "ChannelDim",
     "Coupling",
@@ -38,24 +45,32 @@ __all__ = [
     "DependencyGraph",
     "Group",
     "GroupItem",
+    "GroupNormPruner",
+    "GrowingRegPruner",
     "IndexMapping",
     "LayerPruner",
+    "MagnitudePruner",
     "Member",
+    "MetaPruner",
     "ModelStopsRunningError",
     "Node",
     "PluginLoadError",
     "PluginLoadWarning",
     "PruneRecord",
+    "PrunerBox",
     "PruningError",
     "TensorDims",
     "UnsupportedOpWarning",
+    "function",
     "get_registry",
     "hookimpl",
     "importance",
+    "load",
     "load_pruned",
     "load_state_dict",
     "pruner",
     "reload_plugins",
+    "save",
     "state_dict",
     "utils",
 ]
@@ -68,6 +83,8 @@ def __getattr__(name: str) -> Any:
         return value
     if name in _MODULES:
         return importlib.import_module(f".{name}", __name__)
+    if name in _MODULE_ALIASES:
+        return importlib.import_module(f".{_MODULE_ALIASES[name]}", __name__)
     if name.startswith("prune_") and name.endswith("_channels"):
         registry = __getattr__("get_registry")()
         fn = registry.functional(name)
@@ -79,4 +96,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_NAMES) | set(_MODULES) | set(__getattr__("get_registry")().functional_names()))
+    functional = __getattr__("get_registry")().functional_names()
+    return sorted(set(globals()) | set(_NAMES) | set(_MODULES) | set(_MODULE_ALIASES) | set(functional))

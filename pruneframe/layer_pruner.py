@@ -20,6 +20,7 @@ Example::
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar, Sequence
 
 import attrs
@@ -139,6 +140,10 @@ class BasePruningFunc:
     """
 
     acts_like: ClassVar[tuple[type, ...]] = ()
+    pruning_dim: int = 1  # Torch-Pruning's constructor argument; kept for pruners that read it
+
+    def __init__(self, pruning_dim: int = 1) -> None:
+        self.pruning_dim = pruning_dim
 
     def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement prune_out_channels")
@@ -151,6 +156,42 @@ class BasePruningFunc:
 
     def get_in_channels(self, layer: nn.Module) -> int | None:
         return None
+
+    # --- Torch-Pruning's helpers, for pruners written against its API -------------
+    def get_out_channel_groups(self, layer: nn.Module) -> int:
+        return int(getattr(layer, "groups", 1) or 1) if isinstance(layer, nn.modules.conv._ConvNd) else 1
+
+    def get_in_channel_groups(self, layer: nn.Module) -> int:
+        return self.get_out_channel_groups(layer)
+
+    def check(self, layer: nn.Module, idxs: Sequence[int], to_output: bool) -> None:
+        """Raise if ``idxs`` are not distinct channel indices of ``layer`` (outputs if ``to_output``, else inputs)."""
+        n = self.get_out_channels(layer) if to_output else self.get_in_channels(layer)
+        if isinstance(n, int):
+            validate_idxs(layer, idxs, n, "output channel" if to_output else "input channel")
+
+    def __call__(self, layer: nn.Module, idxs: Sequence[int], to_output: bool = True, inplace: bool = True,
+                 dry_run: bool = False) -> nn.Module:
+        """Prune ``layer`` alone (no coupled layer follows): its output channels ``idxs``, or with ``to_output=False`` its inputs.
+
+        With ``inplace=False`` a deep copy is pruned and returned, ``layer`` stays as it is.
+        """
+        if dry_run:
+            raise NotImplementedError("dry_run is not supported; use DependencyGraph.check_pruning_group to test a prune")
+        idxs = sorted(int(i) for i in idxs)
+        self.check(layer, idxs, to_output)
+        if not inplace:
+            layer = copy.deepcopy(layer)
+        prune = self.prune_out_channels if to_output else self.prune_in_channels
+        return prune(layer, idxs)
+
+    def _prune_parameter_and_grad(self, weight: nn.Parameter, keep_idxs: Sequence[int], pruning_dim: int) -> nn.Parameter:
+        """A new parameter holding only ``keep_idxs`` of ``weight`` along ``pruning_dim`` (its ``.grad`` likewise)."""
+        keep = _as_index(keep_idxs).to(weight.device)
+        pruned = nn.Parameter(weight.detach().index_select(pruning_dim, keep).contiguous(), requires_grad=weight.requires_grad)
+        if weight.grad is not None:
+            pruned.grad = weight.grad.index_select(pruning_dim, keep).contiguous()
+        return pruned
 
     # --- what the tracer asks -------------------------------------------------
     def output_channel_dims(self, layer: nn.Module, outputs: Sequence[torch.Tensor]) -> list[ChannelDim | None]:
