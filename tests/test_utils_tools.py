@@ -1,7 +1,9 @@
 """tp.utils beyond counting: benchmarks, the print tool, flatten_as_list and the graph drawings."""
 from __future__ import annotations
 
+import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -63,14 +65,32 @@ def test_run_fn_and_dict_inputs() -> None:
 def test_memory_on_the_cpu_is_the_peak_resident_memory_of_the_run() -> None:
     if not sys.platform.startswith("linux"):
         pytest.skip("the CPU peak is read from /proc")
+    # a fresh interpreter: memory this test session freed earlier could serve the allocation without growing
+    code = textwrap.dedent("""
+        import torch
+        from torch import nn
+        from pruneframe.utils import benchmark
 
-    class Big(nn.Module):
-        def forward(self, x):
-            return torch.ones(64 * 2**20 // 4).sum() + x  # 64 MiB allocated and freed inside the run
+        class Big(nn.Module):
+            def forward(self, x):
+                return torch.ones(128 * 2**20 // 4).sum() + x  # 128 MiB allocated and freed inside the run
 
-    peak = benchmark.measure_memory(Big(), torch.zeros(1))
-    small = benchmark.measure_memory(nn.Identity(), torch.zeros(1))
-    assert peak >= small + 60 * 2**20
+        def resident():
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+        before = resident()
+        peak = benchmark.measure_memory(Big(), torch.zeros(1))
+        after = resident()
+        small = benchmark.measure_memory(nn.Identity(), torch.zeros(1))
+        print(before, peak, after, small)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    before, peak, after, small = map(int, out.stdout.split())
+    assert peak >= before + 120 * 2**20  # the 128 MiB came during the run...
+    assert after < peak - 100 * 2**20  # ...and went
+    assert small < peak - 100 * 2**20  # a run that allocates nothing peaks at what is resident
 
 
 def test_bad_benchmark_arguments_are_named() -> None:
