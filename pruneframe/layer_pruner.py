@@ -68,7 +68,11 @@ class TensorDims:
 
 
 def _as_index(idxs: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(list(idxs) if not isinstance(idxs, torch.Tensor) else idxs, dtype=torch.long).flatten()
+    given = torch.as_tensor(list(idxs) if not isinstance(idxs, torch.Tensor) else idxs)
+    if given.dtype == torch.bool or given.is_floating_point() or given.is_complex():
+        raise TypeError(f"channel indices must be whole numbers (ints), not {given.flatten().tolist()[:5]} ({given.dtype}); "
+                        "pass e.g. [0, 3, 7]")
+    return given.to(torch.long).flatten()
 
 
 def validate_idxs(layer: Any, idxs: Sequence[int], n: int, what: str) -> torch.Tensor:

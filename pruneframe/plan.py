@@ -90,11 +90,16 @@ def plan_to_json(plan_or_model: dict[str, Any] | nn.Module, path: str | None = N
 
 def plan_from_json(text_or_path: str) -> dict[str, Any]:
     """A plan from JSON text, or from the file it names."""
-    text = text_or_path
+    text, where = text_or_path, "the text given"
     if not text_or_path.lstrip().startswith("{"):
+        where = text_or_path
         with open(text_or_path) as f:
             text = f.read()
-    return _checked(json.loads(text))
+    try:
+        plan = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} is not a pruning plan: it is not JSON ({exc}); write one with plan_to_json") from None
+    return _checked(plan)
 
 
 def apply_plan(model: nn.Module, plan: dict[str, Any], registry: Registry | None = None,

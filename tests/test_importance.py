@@ -297,7 +297,7 @@ def test_unknown_options_are_refused_with_the_choices() -> None:
         MagnitudeImportance(group_reduction="median")
     with pytest.raises(ValueError, match="normalizer 'zscore'.*standarization"):
         MagnitudeImportance(normalizer="zscore")
-    with pytest.raises(ValueError, match="p must be positive"):
+    with pytest.raises(ValueError, match="must be a positive number"):
         MagnitudeImportance(p=0)
 
 

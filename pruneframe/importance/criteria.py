@@ -161,8 +161,10 @@ class MagnitudeImportance(PerLayerImportance):
     def __init__(self, p: float = 2, group_reduction: str | None = "mean", normalizer: Normalizer = "mean", bias: bool = False,
                  target_types: Iterable[type] = DEFAULT_TARGET_TYPES):
         super().__init__(group_reduction, normalizer, target_types)
+        if isinstance(p, bool) or not isinstance(p, (int, float)):
+            raise TypeError(f"p={p!r}: the norm's exponent must be a positive number, e.g. 1 or 2")
         if not p > 0:
-            raise ValueError(f"p must be positive, got {p!r}")
+            raise ValueError(f"p={p!r}: the norm's exponent must be a positive number, e.g. 1 or 2")
         self.p = p
         self.bias = bias
 
