@@ -22,11 +22,16 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
+import attrs
+
 from ..errors import ModelStopsRunningError, PruningError
 from ..graph import DependencyGraph, Group
 from ..importance import NothingToReadError, UnscorableGroupError
+from ..progress import bar
 from ..runtime import heap_frozen
+from ..utils import count_ops_and_params
 from ..wrappers import unwrap
+from . import targets
 from .selection import Candidate, Limits, choose_ranked, first_key_per_root, join_blocks, select
 from ..registry import get_registry
 
@@ -39,6 +44,16 @@ def linear_scheduler(pruning_ratio: float, steps: int) -> list[float]:
 DEFAULT_ROOTS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.rnn.RNNBase)
 
 
+class _DefaultRatio(float):
+    """``pruning_ratio``'s default: a float like any other, but one that tells "not given" from an explicit 0.5."""
+
+
+_DEFAULT_RATIO = _DefaultRatio(0.5)
+
+# A root layer's selection for one step: (layer, trigger, its channel space, the traced positions to remove)
+_Chosen = tuple[Any, Callable[..., Any], Any, torch.Tensor]
+
+
 class _HeadsTiedError(Exception):
     """Whole heads were asked for, but the traced ties join every head of the group into one block."""
 
@@ -49,6 +64,11 @@ class MetaPruner:
     Arguments follow Torch-Pruning's ``MetaPruner`` (``BasePruner``); see the module docstring for how
     channels are ranked. ``step()`` prunes; ``step(interactive=True)`` yields each ``Group`` for the
     caller to prune (``group.prune()``), inspect or skip.
+
+    ``target_macs`` / ``target_params`` (a fraction of the original such as 0.5, or a count such as 2e9 or
+    "1.5G") replace ``pruning_ratio``: each step searches the ratio that lands at or just under the step's
+    share of the target (see ``pruneframe.pruner.targets``); ``target_result`` then says what was reached.
+    ``progress=True`` shows progress bars on stderr (tracing, scoring, the search, pruning).
     """
 
     def __init__(
@@ -57,7 +77,7 @@ class MetaPruner:
         example_inputs: Any,
         importance: Callable[[Group], torch.Tensor],
         global_pruning: bool = False,
-        pruning_ratio: float = 0.5,
+        pruning_ratio: float = _DEFAULT_RATIO,
         pruning_ratio_dict: dict[Any, float] | None = None,
         max_pruning_ratio: float = 1.0,
         iterative_steps: int = 1,
@@ -81,6 +101,9 @@ class MetaPruner:
         ch_sparsity: float | None = None,
         ch_sparsity_dict: dict[Any, float] | None = None,
         verify_prunes: bool | str = "auto",
+        target_macs: float | str | None = None,
+        target_params: float | str | None = None,
+        progress: bool = False,
     ):
         if ch_sparsity is not None:  # Torch-Pruning's older names
             warnings.warn("ch_sparsity is deprecated: use pruning_ratio", DeprecationWarning, stacklevel=2)
@@ -97,8 +120,15 @@ class MetaPruner:
             raise ValueError(f"round_to={round_to!r}: it must be a positive int or None")
         if not callable(importance):
             raise TypeError(f"importance must be callable (group -> scores), not {type(importance).__name__}")
+        if (target_macs is not None or target_params is not None) and not isinstance(pruning_ratio, _DefaultRatio):
+            raise ValueError(f"pruning_ratio={pruning_ratio!r} and a target (target_macs / target_params) were both given: "
+                             "the target decides the ratio; pass one of them")
+        for name, value in (("target_macs", target_macs), ("target_params", target_params)):
+            if value is not None:
+                targets.parse_count(value, name)  # a malformed target is refused before anything is run
 
         model = unwrap(model, pruning=True)  # torch.compile / DataParallel: prune the module they hold
+        _check_layers_of(model, ignored_layers, pruning_ratio_dict, num_heads)
         self.model = model
         self.example_inputs = example_inputs
         self.importance = importance
@@ -116,6 +146,15 @@ class MetaPruner:
         self.prune_num_heads = prune_num_heads
         self.prune_head_dims = prune_head_dims
         self.current_step = 0
+        self.progress = progress
+        self.forward_fn = forward_fn
+        self.output_transform = output_transform
+        self.scheduler = iterative_pruning_ratio_scheduler
+        self.target: targets.Target | None = None
+        self.target_result: targets.TargetResult | None = None  # after a step with a target: what it reached
+        self._target_ratio = 0.0  # the ratio the last target step used (the next one starts its search there)
+        if target_macs is not None or target_params is not None:
+            self.target = self._resolve_target(target_macs, target_params)
 
         self.per_step_pruning_ratio = _schedule(iterative_pruning_ratio_scheduler, pruning_ratio, iterative_steps)
         self.per_step_head_pruning_ratio = _schedule(iterative_pruning_ratio_scheduler, head_pruning_ratio, iterative_steps)
@@ -123,7 +162,7 @@ class MetaPruner:
         self.pruning_ratio_dict: dict[nn.Module, list[float]] = {}
         self._layer_scope: dict[nn.Module, str] = {}
         for key, ratio in (pruning_ratio_dict or {}).items():
-            _check_ratio(f"pruning_ratio_dict[{key!r}]", ratio)
+            _check_ratio(f"pruning_ratio_dict[{_layer_label(model, key)}]", ratio)
             modules = key if isinstance(key, (tuple, list)) else (key,)
             scope = f"ratio-dict-{len(self._layer_scope)}"
             for m in modules:
@@ -143,11 +182,15 @@ class MetaPruner:
                 variant = getattr(pruner, "with_whole_heads", None)
                 if variant is not None and type(module) not in customized_pruners:
                     customized_pruners[type(module)] = variant()
-        self.DG = DependencyGraph().build_dependency(
-            model, example_inputs, forward_fn=forward_fn, output_transform=output_transform,
-            unwrapped_parameters=_parameter_pairs(unwrapped_parameters), customized_pruners=customized_pruners,
-            verify_prunes=verify_prunes,
-        )
+        self._customized_pruners = customized_pruners
+        self._unwrapped_parameters = _parameter_pairs(unwrapped_parameters)
+        with bar("tracing the model", total=1, enabled=progress) as tracing:
+            self.DG = DependencyGraph().build_dependency(
+                model, example_inputs, forward_fn=forward_fn, output_transform=output_transform,
+                unwrapped_parameters=self._unwrapped_parameters, customized_pruners=customized_pruners,
+                verify_prunes=verify_prunes,
+            )
+            tracing.update()
         self.DG.ignored_layers = []
         # Widths before any step: targets are ratios of these, so iterative steps do not compound.
         self._original: dict[nn.Module, int] = {}
@@ -160,19 +203,38 @@ class MetaPruner:
         """Prune one step; with ``interactive`` return a generator of the groups instead (prune them yourself)."""
         self.current_step += 1
         if interactive:
-            return self._groups_to_prune()
+            return self._interactive_groups()
+        chosen = self._plan_step()
         try:
             with heap_frozen(), self.DG.one_run_check():  # one run of the model checks the whole step
-                for group in self._groups_to_prune():
-                    group.prune()
+                with bar("pruning groups", total=len(chosen), enabled=self.progress) as pruning:
+                    for group in self._groups_of(chosen):
+                        group.prune()
+                        pruning.update()
         except ModelStopsRunningError:  # some group breaks a size the model's code keeps: find it, leave it whole
-            self._prune_one_by_one()
+            self._prune_one_by_one(chosen)
+        if self.target is not None:
+            self._check_target_reached()
         return None
 
-    def _prune_one_by_one(self) -> None:
+    def search_target_ratio(self) -> targets.TargetResult:
+        """The ratio the next step would use to reach its share of the target, and what it gives; nothing is pruned."""
+        if self.target is None:
+            raise ValueError("search_target_ratio needs a target: MetaPruner(..., target_macs=... or target_params=...)")
+        self.current_step += 1
+        try:
+            candidates = self._step_candidates()
+            return self._search(candidates)
+        finally:
+            self.current_step -= 1
+
+    def _interactive_groups(self) -> Iterator[Group]:
+        yield from self._groups_of(self._plan_step())
+
+    def _prune_one_by_one(self, chosen: list[_Chosen]) -> None:
         """The step again, each group checked on its own; a group after which the model no longer runs stays whole."""
         left_whole = []
-        for group in self._groups_to_prune():
+        for group in self._groups_of(chosen):
             try:
                 group.prune()
             except ModelStopsRunningError as exc:
@@ -210,26 +272,40 @@ class MetaPruner:
         """Sparse-training pruners add their penalty's gradient here; the plain pruner adds none."""
 
     # --- one step ------------------------------------------------------------------------
-    def _groups_to_prune(self) -> Iterator[Group]:
+    def _plan_step(self) -> list[_Chosen]:
+        """This step's selection: every root layer with the traced positions of the channels it loses."""
         if self.current_step > self.iterative_steps:
             warnings.warn(f"step {self.current_step} is past iterative_steps={self.iterative_steps}: nothing is pruned",
-                          stacklevel=3)
-            return
+                          stacklevel=4)
+            return []
+        candidates = self._step_candidates()
+        if self.target is not None:
+            found = self.target_result = self._search(candidates)
+            self._target_ratio = found.lower_ratio
+            candidates = self._with_ratio(candidates, found.ratio, found.lower_ratio, found.layers_at_ratio)
+        return self._choose([c for c, _ in candidates])
+
+    def _step_candidates(self) -> list[tuple[Candidate, bool]]:
+        """Every group of this step scored, with whether its ratio is the model-wide one (a target may change it)."""
         candidates, unscored, tied_heads = [], [], []
-        for group in self._all_groups():
-            try:
-                found = self._candidate(group)
-            except NothingToReadError as exc:  # e.g. BN scales for a group without batch norm: it stays whole
-                unscored.append(str(exc))
-                continue
-            except _HeadsTiedError as exc:
-                tied_heads.append(str(exc))
-                continue
-            if found is not None:
-                candidates.append(found)
+        groups = self._all_groups()
+        with bar("scoring groups", total=len(groups), enabled=self.progress) as scoring:
+            for group in groups:
+                try:
+                    found = self._candidate(group)
+                except NothingToReadError as exc:  # e.g. BN scales for a group without batch norm: it stays whole
+                    unscored.append(str(exc))
+                    continue
+                except _HeadsTiedError as exc:
+                    tied_heads.append(str(exc))
+                    continue
+                finally:
+                    scoring.update()
+                if found is not None:
+                    candidates.append(found)
         if unscored:
             warnings.warn(f"{len(unscored)} group(s) left whole, the importance cannot score them: " + "; ".join(unscored),
-                          stacklevel=3)
+                          stacklevel=4)
         if tied_heads:
             warnings.warn(
                 f"{len(tied_heads)} group(s) left whole, prune_num_heads cannot remove any of their heads: "
@@ -237,7 +313,11 @@ class MetaPruner:
                 "with a stored head count rather than -1, so only the head width may change (timm's Attention), or "
                 "every head shares one key/value head; prune head widths instead (prune_num_heads=False, "
                 "prune_head_dims=True)",
-                stacklevel=3)
+                stacklevel=4)
+        return candidates
+
+    def _choose(self, candidates: list[Candidate]) -> list[_Chosen]:
+        """The channels each candidate loses: ranked within its scope (one group, all, same shape, a ratio-dict entry)."""
         by_scope: dict[str, list[Candidate]] = {}
         for c in candidates:
             by_scope.setdefault(c.scope, []).append(c)
@@ -248,25 +328,100 @@ class MetaPruner:
                 chosen += [(c, select(c, limits.target_cut(c))) for c in members]
             else:
                 chosen += choose_ranked(members, limits)
-        for c, traced in chosen:
+        return [(c.root, c.trigger, c.space, traced) for c, traced in chosen if traced.numel()]
+
+    def _groups_of(self, chosen: list[_Chosen], graph: DependencyGraph | None = None) -> Iterator[Group]:
+        """The groups that remove the chosen channels, each drawn after the ones before it were pruned."""
+        graph = graph or self.DG
+        for root, trigger, space, traced in chosen:
+            traced = traced[space.alive[traced]]  # an earlier group of this step may have taken some already
             if traced.numel() == 0:
                 continue
-            alive = c.space.alive[traced]
-            traced = traced[alive]  # an earlier group of this step may have taken some already
-            if traced.numel() == 0:
-                continue
-            idxs = c.space.current_positions(traced).tolist()
-            group = self.DG.get_pruning_group(c.root, c.trigger, sorted(idxs))
+            idxs = space.current_positions(traced).tolist()
+            group = graph.get_pruning_group(root, trigger, sorted(idxs))
             problems = group.problems()
             if problems:
-                warnings.warn(f"skipping a group rooted at {self.DG.module2node[c.root].name}: {'; '.join(problems)}", stacklevel=3)
+                warnings.warn(f"skipping a group rooted at {graph.module2node[root].name}: {'; '.join(problems)}", stacklevel=4)
                 continue
             yield group
+
+    # --- targets: MACs / parameter budgets --------------------------------------------------
+    def _resolve_target(self, target_macs: Any, target_params: Any) -> targets.Target:
+        """The budgets as counts, checked against the model's counts before anything is traced."""
+        try:
+            macs, params = count_ops_and_params(self.model, self.example_inputs, forward_fn=self.forward_fn)[:2]
+        except ValueError as exc:
+            raise ValueError(f"a target needs the model's MACs before pruning: {exc}") from exc
+        if target_macs is not None and macs == 0:
+            raise targets.TargetError(f"target_macs={target_macs!r}: the model does no counted multiply-accumulates "
+                                      "(convolutions, matrix products, attention); use target_params or pruning_ratio")
+        return targets.Target(
+            None if target_macs is None else targets.absolute_target(target_macs, macs, "target_macs", "MACs"),
+            None if target_params is None else targets.absolute_target(target_params, params, "target_params", "parameters"),
+            macs, params)
+
+    def _step_target(self) -> targets.Target:
+        """This step's share of the target: the scheduler's shape, from the original counts to the final budget."""
+        assert self.target is not None
+        shape = _schedule(self.scheduler, 1.0, self.iterative_steps)
+        progress = shape[self.current_step] / shape[-1] if shape[-1] > 0 else self.current_step / self.iterative_steps
+        return self.target.at_step(min(max(progress, 0.0), 1.0))
+
+    def _with_ratio(self, candidates: list[tuple[Candidate, bool]], ratio: float, lower: float,
+                    split: int) -> list[tuple[Candidate, bool]]:
+        """The candidates with the first ``split`` model-wide ones at ``ratio`` and the other model-wide ones at ``lower``."""
+        out, k = [], 0
+        for c, model_wide in candidates:
+            if model_wide:
+                c = attrs.evolve(c, ratio=ratio if k < split else lower)
+                k += 1
+            out.append((c, model_wide))
+        return out
+
+    def _search(self, candidates: list[tuple[Candidate, bool]]) -> targets.TargetResult:
+        """The smallest ratio whose prune of a shape twin meets this step's target (the real model is not touched)."""
+        target = self._step_target()
+        with bar("tracing a shape-only copy", total=1, enabled=self.progress) as tracing:
+            twin = targets.ShapeTwin(self.model, self.example_inputs, self.forward_fn, self.output_transform,
+                                     self._unwrapped_parameters, self._customized_pruners)
+            tracing.update()
+        counted: dict[bytes, tuple[int, int]] = {}
+
+        def measure(ratio: float, lower: float, split: int) -> tuple[int, int]:
+            chosen = self._choose([c for c, _ in self._with_ratio(candidates, ratio, lower, split)])
+            key = b"|".join(traced.numpy().tobytes() for _, _, _, traced in chosen)
+            if key not in counted:  # a ratio that selects what another did prunes the same: count it once
+                with twin.trial():
+                    for group in self._groups_of(twin.translate(chosen), twin.graph):
+                        group.prune()
+                    counted[key] = twin.count()
+            return counted[key]
+
+        high = min(self.max_pruning_ratio, 0.999)
+        with bar("searching the ratio", enabled=self.progress, unit="trial") as searching:
+            def shown(ratio: float, macs: int, params: int) -> None:
+                searching.set_postfix_str(f"ratio {ratio:.4f}: MACs {targets.format_count(macs)}, "
+                                          f"parameters {targets.format_count(params)}")
+                searching.update()
+
+            layers = sum(model_wide for _, model_wide in candidates)
+            found = targets.search_ratio(measure, target, min(self._target_ratio, high), high, layers, on_probe=shown)
+        return attrs.evolve(found, probes=len(counted))
+
+    def _check_target_reached(self) -> None:
+        """Count the pruned model; if a group had to stay whole the step may miss its target: say so."""
+        assert self.target_result is not None
+        macs, params = count_ops_and_params(self.model, self.example_inputs, forward_fn=self.forward_fn)[:2]
+        self.target_result = attrs.evolve(self.target_result, macs=macs, params=params)
+        if not self.target_result.met:
+            warnings.warn(f"step {self.current_step} missed its target ({self.target_result.target.describe()}): it reached "
+                          f"MACs {targets.format_count(macs)} and parameters {targets.format_count(params)}, because groups "
+                          "were left whole (see the warnings above)", stacklevel=3)
 
     def _all_groups(self) -> list[Group]:
         return list(self.DG.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=self.root_module_types))
 
-    def _candidate(self, group: Group) -> Candidate | None:
+    def _candidate(self, group: Group) -> tuple[Candidate, bool] | None:
         node, space = group.root, group.root_space
         root, trigger = node.module, group[0].dep.trigger
         root_idxs = torch.as_tensor(group.root_idxs, dtype=torch.long)
@@ -295,8 +450,9 @@ class MetaPruner:
         counts = torch.bincount(labels)
         block_scores = torch.zeros(counts.numel(), dtype=torch.float64).index_add_(0, labels, scores) / counts
         ratio = self._head_ratio(group) if heads_mode else self.get_target_pruning_ratio(root)
+        model_wide = not heads_mode and root not in self.pruning_ratio_dict
         return Candidate(root, trigger, space, space.original_positions(root_idxs), labels, counts.tolist(), block_scores,
-                         self._original.get(root, space.size), ratio, self._scope_of(group, root, node.name))
+                         self._original.get(root, space.size), ratio, self._scope_of(group, root, node.name)), model_wide
 
     def _criterion(self) -> str:
         """The importance criterion's class, and the plugin that registered it where one did."""
@@ -362,6 +518,48 @@ class MetaPruner:
         if self.global_pruning:
             return "global"
         return f"local:{name}"
+
+
+def _short(obj: Any) -> str:
+    text = repr(obj).splitlines()[0]
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _layer_label(model: nn.Module, key: Any) -> str:
+    """How a message names a layer (or a tuple of layers) of ``model``: by its name in the model."""
+    names = {id(m): n or "(model)" for n, m in model.named_modules()}
+    keys = key if isinstance(key, (tuple, list)) else (key,)
+    labels = [names.get(id(k), _short(k)) for k in keys]
+    return labels[0] if len(labels) == 1 and not isinstance(key, (tuple, list)) else f"({', '.join(labels)})"
+
+
+def _check_layers_of(model: nn.Module, ignored_layers: Any, pruning_ratio_dict: Any, num_heads: Any) -> None:
+    """Layers given to the pruner must be modules of ``model`` (the trace would not meet any other): checked before it runs."""
+    names = {id(m): n or "(model)" for n, m in model.named_modules()}
+    parameters = {id(p) for p in model.parameters()}
+
+    def check(what: str, layer: Any, allow_parameters: bool = False) -> None:
+        if isinstance(layer, str):
+            raise TypeError(f"{what} takes the layers themselves, not their names: pass model.{layer} instead of {layer!r}")
+        if allow_parameters and isinstance(layer, torch.Tensor):
+            if id(layer) not in parameters:
+                raise ValueError(f"{what}: a tensor of shape {tuple(layer.shape)} is not a parameter of this model")
+            return
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"{what} takes nn.Module layers of the model, not {type(layer).__name__} ({_short(layer)})")
+        if id(layer) not in names:
+            raise ValueError(f"{what}: {_short(layer)} is not a layer of this model (a copy, or another model's?); "
+                             "pass the model's own module, e.g. model.fc")
+
+    for layer in ignored_layers or ():
+        check("ignored_layers", layer, allow_parameters=True)
+    for key in pruning_ratio_dict or {}:
+        for layer in key if isinstance(key, (tuple, list)) else (key,):
+            check("pruning_ratio_dict", layer)
+    for layer, heads in (num_heads or {}).items():
+        check("num_heads", layer)
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+            raise ValueError(f"num_heads[{names[id(layer)]}]={heads!r}: the number of heads must be a positive int")
 
 
 def _schedule(scheduler: Callable[[float, int], Sequence[float]], ratio: float, steps: int) -> list[float]:
