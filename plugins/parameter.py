@@ -16,9 +16,15 @@ from pruneframe.layer_pruner import keep_index, validate_idxs
 
 
 class ParameterPruner(BasePruningFunc):
-    def prune_out_channels(self, tensor: nn.Parameter, idxs: Sequence[int], dim: int = -1) -> nn.Parameter:
+    """``dim`` of a call, else the ``pruning_dim`` the pruner was made with (default: the last dimension)."""
+
+    def __init__(self, pruning_dim: int = -1) -> None:
+        super().__init__(pruning_dim)
+
+    def prune_out_channels(self, tensor: nn.Parameter, idxs: Sequence[int], dim: int | None = None) -> nn.Parameter:
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"prune_parameter_out_channels takes an nn.Parameter, not {type(tensor).__name__}")
+        dim = self.pruning_dim if dim is None else dim
         n = tensor.shape[dim]
         index = validate_idxs(tensor, idxs, n, f"dim {dim}")
         keep = keep_index(n, index, tensor.device)
@@ -29,8 +35,8 @@ class ParameterPruner(BasePruningFunc):
 
     prune_in_channels = prune_out_channels
 
-    def get_out_channels(self, tensor: nn.Parameter, dim: int = -1) -> int:
-        return tensor.shape[dim]
+    def get_out_channels(self, tensor: nn.Parameter, dim: int | None = None) -> int:
+        return tensor.shape[self.pruning_dim if dim is None else dim]
 
     get_in_channels = get_out_channels
 

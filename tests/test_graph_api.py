@@ -287,3 +287,31 @@ def test_a_training_mode_model_that_cannot_run_on_the_inputs_is_traced_in_eval_m
     DG.get_pruning_group(model[0], tp.prune_conv_out_channels, [0, 3]).prune()
     assert model[2].num_features == 6 and model[4].in_features == 6
     assert model.eval()(x).shape == (1, 2)
+
+
+def test_load_pruning_history_replays_a_graphs_prunes_on_a_fresh_model() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    x = torch.randn(1, 3, 32, 32)
+    first = torchvision.models.resnet18(weights=None).eval()
+    dg = tp.DependencyGraph().build_dependency(first, example_inputs=x)
+    dg.get_pruning_group(first.conv1, tp.prune_conv_out_channels, [0, 5, 9]).prune()
+    dg.get_pruning_group(first.layer2[0].conv1, tp.prune_conv_out_channels, [1, 2]).prune()
+    for history in (dg.pruning_history(), [["conv1", True, [0, 5, 9]], ["layer2.0.conv1", True, [1, 2]]]):  # ours, TP's
+        fresh = torchvision.models.resnet18(weights=None).eval()
+        tp.DependencyGraph().build_dependency(fresh, example_inputs=x).load_pruning_history(history)
+        assert [tuple(p.shape) for p in fresh.parameters()] == [tuple(p.shape) for p in first.parameters()]
+
+
+def test_load_pruning_history_is_all_or_nothing() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    x = torch.randn(1, 3, 32, 32)
+    model = torchvision.models.resnet18(weights=None).eval()
+    before = [tuple(p.shape) for p in model.parameters()]
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    with pytest.raises(IndexError, match="out of range"):
+        dg.load_pruning_history([["conv1", True, [0, 1]], ["layer2.0.conv1", True, [500]]])
+    assert [tuple(p.shape) for p in model.parameters()] == before
+    with pytest.raises(tp.PruningError, match="'features.0'.*another architecture"):
+        dg.load_pruning_history([["features.0", True, [0]]])
+    with pytest.raises(TypeError, match="pruning_history"):
+        dg.load_pruning_history([42])

@@ -156,3 +156,11 @@ def test_bad_indices_leave_the_layer_unchanged(fn, make) -> None:
             getattr(tp, fn)(layer, bad)
     after = layer.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_parameter_pruner_made_with_a_pruning_dim_prunes_along_it() -> None:
+    p = nn.Parameter(torch.arange(24.0).reshape(2, 3, 4))
+    tp.function.ParameterPruner(pruning_dim=1).prune_out_channels(p, [0])
+    assert p.shape == (2, 2, 4) and torch.equal(p[0, 0], torch.tensor([4.0, 5.0, 6.0, 7.0]))
+    tp.function.ParameterPruner(pruning_dim=1).prune_out_channels(p, [1], dim=2)  # a call's dim wins
+    assert p.shape == (2, 2, 3)

@@ -337,6 +337,34 @@ class DependencyGraph:
         """Every group pruned through this graph, in order: per layer, current indices and traced positions."""
         return [list(records) for records in self._applier.history] if self._applier is not None else []
 
+    def load_pruning_history(self, history: Iterable[Any]) -> None:
+        """Prune this graph's model as ``history`` says: the ``pruning_history()`` of a graph of the same architecture.
+
+        Each step is replayed as a group from its root layer, so its coupled layers follow exactly as they did.
+        Torch-Pruning's spelling, ``[layer name, is_out_channel_pruning, idxs]`` per step, is read too. Every step's
+        root is checked against the model before the first one is pruned, and an error in any step undoes them
+        all. (To save and load a pruned model, the
+        pruning plan -- ``pruneframe.state_dict`` / ``load_state_dict`` -- is the sturdier way.)
+        """
+        self._require_trace()
+        modules = dict(self.model.named_modules())
+        steps: list[tuple[str, str, list[int]]] = []
+        for k, step in enumerate(history):
+            if isinstance(step, (list, tuple)) and len(step) == 3 and isinstance(step[0], str) and isinstance(step[1], bool):
+                name, kind, idxs = step[0], "out" if step[1] else "in", list(step[2])
+            elif isinstance(step, (list, tuple)) and step and isinstance(step[0], PruneRecord):
+                name, kind, idxs = step[0].name, step[0].kind, list(step[0].idxs)
+            else:
+                raise TypeError(f"pruning history step {k} is {step!r}; pass what DependencyGraph.pruning_history() returned")
+            if name not in modules:
+                raise PruningError(f"pruning history step {k} names layer {name!r}, which this model does not have; "
+                                   "the history is for another architecture")
+            steps.append((name, kind, idxs))
+        with self.one_run_check():  # all of it or, on any error, none of it
+            for name, kind, idxs in steps:
+                node = self._node(modules[name])
+                self.get_pruning_group(node.module, self.registry.handler(node.pruner, kind), idxs).prune()
+
     # --- reading the coupling -------------------------------------------------------------
     @property
     def unsupported_ops(self) -> dict[str, int]:
