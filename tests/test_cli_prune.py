@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -13,11 +14,14 @@ from pruneframe.app.cli import main
 from pruneframe import load_pruned
 from pruneframe.utils import count_ops_and_params
 
+from conftest import subprocess_env
+
 pytestmark = pytest.mark.slow
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pruneframe", *args], capture_output=True, text=True, timeout=600)
+def run(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pruneframe", *args], capture_output=True, text=True, timeout=600, cwd=cwd,
+                          env=subprocess_env())
 
 
 def test_prune_resnet18_prints_figures_and_saves_a_reloadable_file(tmp_path) -> None:
@@ -64,13 +68,49 @@ def test_arguments_are_checked_before_any_model_is_built(tmp_path, capsys) -> No
                               (("--steps", "0"), "--steps 0: give a positive number"),
                               (("--round-to", "0"), "--round-to 0"),
                               (("--out", str(tmp_path / "missing" / "x.pth")), "does not exist; create it first"),
-                              (("--out", str(tmp_path)), "that is a directory")]:
+                              (("--out", str(tmp_path)), "that is a directory"),
+                              (("--weights", str(tmp_path / "nosuch.pth")), "nosuch.pth: no such file"),
+                              (("--weights", str(tmp_path)), "that is a directory; name the state-dict file"),
+                              (("--ratio", "0.3", "--target-params", "0.5"), "--ratio and --target-params were both given"),
+                              (("--out", str(tmp_path / "missing" / "x.pth"), "--dry-run"), "does not exist; create it first")]:
             argv = ["prune", "torchvision:resnet18", "--out", str(tmp_path / "x.pth"), *args]
             assert main(argv) == 2, args
             assert message in capsys.readouterr().err, args
+        assert main(["prune", "torchvision:resnet18"]) == 2
+        assert "--out FILE is missing: name the file to save the pruned model to, or pass --dry-run" in capsys.readouterr().err
+        for args in (("--ratio", "0.3", "--target-macs", "0.5"), ("--target-macs", "half")):  # argparse's own refusals
+            with pytest.raises(SystemExit) as exited:
+                main(["prune", "torchvision:resnet18", "--out", str(tmp_path / "x.pth"), *args])
+            assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert "argument --target-macs: not allowed with argument --ratio" in err
+        assert "'half': give a fraction of the original (0 < x < 1, e.g. 0.5) or a count such as 2e9, 1.5G or 300M" in err
     finally:
         sources.build = original
     assert not list(tmp_path.iterdir())
+
+
+def test_an_out_in_a_missing_directory_is_refused_within_3_seconds(tmp_path) -> None:
+    """Before torch is even imported: the user hears of the typo at once, not after the model is built."""
+    started = time.perf_counter()
+    proc = run("prune", "torchvision:resnet50", "--out", str(tmp_path / "missing" / "r50.pth"))
+    elapsed = time.perf_counter() - started
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert f"--out {tmp_path / 'missing' / 'r50.pth'}: the directory {tmp_path / 'missing'} does not exist" in proc.stderr
+    assert elapsed < 3.0, f"{elapsed:.1f} s"
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_readme_command_prints_figures_and_saves(tmp_path) -> None:
+    """The README's first command, as written (in a fresh directory), and the file reloads from another one."""
+    proc = run("prune", "torchvision:resnet18", "--ratio", "0.5", "--importance", "l2", "--out", "resnet18_pruned.pth",
+               cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"MACs:\s+1\.8141 G -> [\d.]+ G \([\d.]+% of the original\)", proc.stdout), proc.stdout
+    assert re.search(r"Parameters:\s+11\.6895 M -> [\d.]+ M \([\d.]+% of the original\)", proc.stdout), proc.stdout
+    assert "saved to resnet18_pruned.pth" in proc.stdout and (tmp_path / "resnet18_pruned.pth").exists()
+    model = load_pruned(str(tmp_path / "resnet18_pruned.pth"))
+    assert model.conv1.out_channels == 32 and model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
 
 
 def test_rough_inputs_get_messages_not_tracebacks(tmp_path, capsys) -> None:

@@ -1,0 +1,121 @@
+"""The command line's parser and the checks its arguments get before anything slow runs (no torch import here)."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+DATA_FREE = ("l1", "l2", "magnitude", "group_magnitude", "group_norm", "bn_scale", "lamp", "fpgm", "random")
+_COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)\s*$", re.IGNORECASE)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input shape {text!r}: write sizes separated by commas, e.g. 1,3,224,224") from None
+    if not shape or any(v < 1 for v in shape):
+        raise argparse.ArgumentTypeError(f"input shape {text!r}: every size must be a positive int")
+    return shape
+
+
+def _target(text: str) -> str:
+    """A fraction of the original (0 < x < 1) or a count (2e9, 1.5G, 300M); kept as text, read by pruner.targets."""
+    match = _COUNT.match(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a fraction of the original (0 < x < 1, e.g. 0.5) or a count "
+                                         "such as 2e9, 1.5G or 300M")
+    return text.strip()
+
+
+class _StoreGiven(argparse.Action):
+    """Store the value and note that it was given (its default alone is no conflict with a target)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
+def build_parser(version: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pruneframe", description="Structural pruning for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"pruneframe {version}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plugins", help="list installed plugins as JSON: name, distribution, version, hooks, what they serve",
+                       description="List the installed plugins as JSON. Plugins for a framework (torchvision, timm, "
+                                   "transformers) are imported only once that framework is in use, so by default they "
+                                   "are listed from their package metadata with \"loaded\": false; --load imports "
+                                   "them too and lists what they serve.")
+    p.add_argument("--load", "--all", dest="load", action="store_true",
+                   help="import every plugin, framework plugins too (slower: imports the frameworks)")
+    p.set_defaults(command="plugins")
+
+    p = sub.add_parser("prune", help="prune a model by a ratio or to a MACs/parameter target, print MACs and parameters, save it",
+                       description="Prune MODEL (torchvision:NAME, timm:NAME, hf:CONFIG-or-path, FILE.py:factory), "
+                                   "print MACs and parameters before and after, and save weights plus pruning plan.")
+    p.add_argument("model")
+    how_much = p.add_mutually_exclusive_group()
+    how_much.add_argument("--ratio", type=float, default=0.5, action=_StoreGiven,
+                          help="fraction of each group's channels to remove (default 0.5)")
+    how_much.add_argument("--target-macs", type=_target, default=None, metavar="N",
+                          help="prune until MACs are at or just under N: a fraction of the original (0.5) or a count (1.5G, 2e9)")
+    p.add_argument("--target-params", type=_target, default=None, metavar="N",
+                   help="prune until parameters are at or just under N: a fraction (0.5) or a count (300M); with "
+                        "--target-macs both must hold; not with --ratio")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="a state dict or checkpoint ({'state_dict': ...} or {'model': ...}) to load into the model "
+                        "before pruning (read with torch.load(weights_only=True))")
+    p.add_argument("--importance", default="l2", help=f"criterion by name (default l2): {', '.join(DATA_FREE)}")
+    p.add_argument("--global", dest="global_pruning", action="store_true", help="rank all groups together")
+    p.add_argument("--steps", type=int, default=1, help="reach the ratio (or target) in this many steps")
+    p.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this")
+    p.add_argument("--ignore", action="append", default=[], metavar="NAME[,NAME...]",
+                   help="layers (by name) never to prune; repeat it or separate names with commas")
+    p.add_argument("--input-shape", type=_shape, default=None, help="example input shape, e.g. 1,3,224,224")
+    p.add_argument("--out", default=None, help="file to save the pruned model to (required unless --dry-run)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build, plan and report what would be removed and the MACs/parameters after; write nothing")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars on stderr (default: only when stderr is a terminal)")
+    p.set_defaults(command="prune", ratio_given=False)
+    return parser
+
+
+def prune_argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``prune``'s arguments, found before any model is built or torch imported (None if nothing)."""
+    targeted = args.target_macs is not None or args.target_params is not None
+    if targeted and args.ratio_given:
+        return "--ratio and --target-params were both given: the target decides the ratio; pass one of them"
+    if targeted:
+        args.ratio = None  # the target search sets it
+    if args.ratio is not None and not 0.0 <= args.ratio < 1.0:
+        return f"--ratio {args.ratio}: pruning_ratio={args.ratio} must be a number in [0, 1), e.g. 0.5 removes half"
+    if args.steps < 1:
+        return f"--steps {args.steps}: give a positive number of steps"
+    if args.round_to is not None and args.round_to < 1:
+        return f"--round-to {args.round_to}: give a positive multiple, or leave it out"
+    if args.weights is not None:
+        if not os.path.exists(args.weights):
+            return f"--weights {args.weights}: no such file"
+        if os.path.isdir(args.weights):
+            return (f"--weights {args.weights}: that is a directory; name the state-dict file in it (for a Hugging Face "
+                    "directory, pass hf:DIR as the model: its own weights are loaded)")
+        if not os.access(args.weights, os.R_OK):
+            return f"--weights {args.weights}: the file is not readable"
+    if args.out is None:
+        if not args.dry_run:
+            return "--out FILE is missing: name the file to save the pruned model to, or pass --dry-run to write nothing"
+        return None
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        return f"--out {args.out}: that is a directory; name the file to write, e.g. {os.path.join(args.out, 'pruned.pth')}"
+    folder = os.path.dirname(out)
+    if not os.path.isdir(folder):
+        return f"--out {args.out}: the directory {folder} does not exist; create it first (mkdir -p {folder})"
+    if not os.access(folder, os.W_OK):
+        return f"--out {args.out}: the directory {folder} is not writable"
+    return None
+
+
+__all__ = ["DATA_FREE", "build_parser", "prune_argument_problem"]
