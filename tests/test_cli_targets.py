@@ -108,12 +108,17 @@ class _NeedsValues(nn.Module):
         return self.head(y)
 
 
-def test_a_model_that_cannot_run_on_shapes_gets_the_way_out() -> None:
+def test_a_model_that_cannot_run_on_shapes_gets_the_way_out_before_it_is_traced(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pruneframe.tracing
+
+    traced: list[int] = []
+    real = pruneframe.tracing.trace
+    monkeypatch.setattr(pruneframe.tracing, "trace", lambda *a, **k: traced.append(1) or real(*a, **k))
     model = _NeedsValues().eval()
-    pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 8, 8), tp.importance.MagnitudeImportance(p=2), target_params=0.6)
-    with pytest.raises(TargetError, match=r"a target needs the model to run on shapes alone .* Prune by a ratio instead"):
-        pruner.step()
-    assert model.conv.out_channels == 8
+    with pytest.raises(TargetError, match=r"a target needs the model to run on shapes alone \(its tensors on the meta device\) "
+                                          r"and running it failed: .* Prune by a ratio instead"):
+        tp.pruner.MetaPruner(model, torch.randn(1, 3, 8, 8), tp.importance.MagnitudeImportance(p=2), target_params=0.6)
+    assert model.conv.out_channels == 8 and not traced
 
 
 @pytest.mark.parametrize("text, value", [("0.5", 0.5), ("2e9", 2e9), ("1.5G", 1.5e9), ("300M", 3e8), ("20k", 2e4),

@@ -134,7 +134,7 @@ def _pruner(built: Any, criterion: Any, ignored: list[Any], args: argparse.Names
 def _with_flags(message: str) -> str:
     """A pruner message in the command line's words (its argument names are the Python ones)."""
     for python, flag in (("target_macs=", "--target-macs "), ("target_params=", "--target-params "),
-                         ("max_pruning_ratio", "the ratio cap"), ("pruning_ratio=...", "--ratio")):
+                         ("max_pruning_ratio", "the ratio cap"), ("(pruning_ratio=..., or --ratio on the command line)", "(--ratio)")):
         message = message.replace(python, flag)
     return message
 

@@ -352,6 +352,7 @@ class MetaPruner:
             macs, params = count_ops_and_params(self.model, self.example_inputs, forward_fn=self.forward_fn)[:2]
         except ValueError as exc:
             raise ValueError(f"a target needs the model's MACs before pruning: {exc}") from exc
+        targets.check_shape_only(self.model, self.example_inputs, self.forward_fn, (macs, params))
         if target_macs is not None and macs == 0:
             raise targets.TargetError(f"target_macs={target_macs!r}: the model does no counted multiply-accumulates "
                                       "(convolutions, matrix products, attention); use target_params or pruning_ratio")

@@ -171,10 +171,32 @@ def meta_copy(model: nn.Module) -> nn.Module:
 
 
 def _shape_only_failure(what: str, exc: BaseException) -> TargetError:
+    if isinstance(exc, ValueError) and exc.__cause__ is not None:  # "could not run ...: <why>. Pass inputs ...": the why
+        exc = exc.__cause__
     return TargetError(
         f"a target needs the model to run on shapes alone (its tensors on the meta device) and {what} failed: "
-        f"{type(exc).__name__}: {exc}. Prune by a ratio instead (pruning_ratio=..., or --ratio on the command line)."
+        f"{type(exc).__name__}: {str(exc).rstrip('.')}. {RATIO_INSTEAD}"
     )
+
+
+RATIO_INSTEAD = "Prune by a ratio instead (pruning_ratio=..., or --ratio on the command line)."
+
+
+def check_shape_only(model: nn.Module, example_inputs: Any, forward_fn: Callable[[nn.Module, Any], Any] | None,
+                     counts: tuple[int, int]) -> None:
+    """Refuse, before anything is traced, a model whose meta-device copy cannot be counted or counts differently."""
+    try:
+        copy_ = meta_copy(model)
+    except Exception as exc:  # a model deepcopy cannot copy (a lock, a handle): say so, and the way out
+        raise _shape_only_failure("copying its structure (copy.deepcopy)", exc) from exc
+    try:
+        meta = count_ops_and_params(copy_, map_tensors(example_inputs, lambda t: t.to("meta")), forward_fn=forward_fn)[:2]
+    except ValueError as exc:
+        raise _shape_only_failure("running it", exc) from exc
+    if tuple(meta) != tuple(counts):
+        raise TargetError(f"the model's meta-device copy counts {meta[0]} MACs and {meta[1]} parameters, the model itself "
+                          f"{counts[0]} and {counts[1]}: its code depends on values, so a shape-only search cannot be exact. "
+                          + RATIO_INSTEAD)
 
 
 class ShapeTwin:
@@ -209,7 +231,7 @@ class ShapeTwin:
         twin = node.space(space.kind) if node is not None else None
         if twin is None or twin.size != space.current_size:
             raise TargetError(f"the shape-only copy traced differently from the model at {space.node.name} "
-                              "(the model's code depends on values, not only shapes); prune by a ratio instead")
+                              "(the model's code depends on values, not only shapes). " + RATIO_INSTEAD)
         return twin
 
     def translate(self, chosen: list[tuple[Any, Any, "Space", torch.Tensor]]) -> list[tuple[Any, Any, "Space", torch.Tensor]]:
