@@ -126,3 +126,15 @@ def test_weights_given_for_a_hugging_face_directory_replace_its_own(llama_dir: P
     printed = capsys.readouterr().out
     assert "the directory's own weights (model.safetensors) are not loaded, --weights replaces them" in printed
     assert bool((load_pruned(str(tmp_path / "p.pth")).norm.weight == 0.5).all())
+
+
+def test_a_sharded_hugging_face_checkpoint_is_loaded_through_its_index(llama_dir: Path, tmp_path: Path, capsys) -> None:
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(llama_dir, local_files_only=True)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    assert len(list((tmp_path / "sharded").glob("model-*-of-*.safetensors"))) > 1
+    assert main(["prune", f"hf:{tmp_path / 'sharded'}", "--ratio", "0.25", "--out", str(tmp_path / "s.pth")]) == 0
+    assert (f"weights: {tmp_path / 'sharded' / 'model.safetensors.index.json'} (from_pretrained, local files only)"
+            in capsys.readouterr().out)
+    assert torch.equal(load_pruned(str(tmp_path / "s.pth")).norm.weight, model.norm.weight)
