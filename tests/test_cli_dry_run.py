@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import textwrap
+import re
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,10 @@ def test_dry_run_reports_what_would_go_and_writes_nothing(tmp_path: Path, monkey
     before = _snapshot(tmp_path)
     assert main(["prune", "net.py:build", "--weights", "w.pth", "--ratio", "0.5", "--dry-run", "--out", "would.pth"]) == 0
     printed = capsys.readouterr().out
-    assert "would remove output channels of 1 layer(s) (2 more layers follow them: norms, consumers):" in printed
+    assert "dry run: the prune below was made in memory only\nLayers changed: 3 of 5" in printed
     assert "weights: w.pth: 9 tensors" in printed and "random initialisation" not in printed
-    assert "  0: 16 -> 8 output channels" in printed
+    assert re.search(r"^ 0 +\| Conv2d +\| out_channels 16 -> 8 *$", printed, re.M), printed
+    assert re.search(r"^ 1 +\| BatchNorm2d +\| num_features 16 -> 8 *$", printed, re.M), printed
     assert "Parameters: 0.0011 M -> 0.0005 M (50.2% of the original)" in printed
     assert printed.rstrip().endswith("dry run: nothing was written (not even --out would.pth)")
     assert _snapshot(tmp_path) == before, "a file was written or touched"
@@ -46,10 +48,11 @@ def test_dry_run_needs_no_out_and_says_when_nothing_can_go(tmp_path: Path, monke
     monkeypatch.chdir(tmp_path)
     assert main(["prune", "torchvision:resnet18", *SMALL, "--ratio", "0.5", "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    assert "would remove output channels of 20 layer(s)" in printed and "  conv1: 64 -> 32 output channels" in printed
-    assert "  ... and " not in printed  # 20 lines fit under the limit
+    assert "Layers changed: 41 of 68" in printed and re.search(r"^ conv1 +\| Conv2d +\| out_channels 64 -> 32 *$", printed, re.M)
     assert main(["prune", "torchvision:resnet18", *SMALL, "--ratio", "0", "--dry-run"]) == 0
-    assert "would remove nothing: no group could lose channels at this ratio" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Layers changed: 0 of 68 (nothing was pruned)" in printed
+    assert "prunable, but the pruner chose none of its channels" in printed and "and 24 more (all_layers=True / --all-layers lists them)" in printed
     assert not list(tmp_path.iterdir())
 
 

@@ -185,7 +185,7 @@ def test_install_adds_only_the_package_and_its_metadata(installed: Path) -> None
 
 def test_cli_lists_the_plugin_through_its_entry_point(installed: Path, tmp_path: Path) -> None:
     """In a clean process, as a user runs it."""
-    listed = json.loads(run_python(["-m", "pruneframe", "plugins"], tmp_path, installed).stdout)
+    listed = json.loads(run_python(["-m", "pruneframe", "plugins", "--load"], tmp_path, installed).stdout)
     plugins = {entry["name"]: entry for entry in listed}
     plugin = plugins["transformers"]
     assert (plugin["distribution"], plugin["module"], plugin["builtin"]) == ("pruneframe-transformers", "pruneframe_transformers.plugin", False)

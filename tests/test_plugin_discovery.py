@@ -367,7 +367,7 @@ def test_functional_name_triggers_a_pruning_group(name: str) -> None:
 
 def _cli_plugins(tmp_path: Path, **env: str) -> list[dict[str, Any]]:
     result = subprocess.run(
-        [sys.executable, "-m", "pruneframe", "plugins"],
+        [sys.executable, "-m", "pruneframe", "plugins", "--load"],  # every plugin imported: what each serves
         cwd=tmp_path, env=_subprocess_env(**env), capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr

@@ -9,7 +9,8 @@ DATA_FREE = ("l1", "l2", "magnitude", "group_magnitude", "group_norm", "bn_scale
 _COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)\s*$", re.IGNORECASE)
 
 
-def _shape(text: str) -> tuple[int, ...]:
+def input_shape(text: str) -> tuple[int, ...]:
+    """``--input-shape``: sizes separated by commas (or x)."""
     try:
         shape = tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
@@ -54,7 +55,7 @@ def build_parser(version: str) -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a model by a ratio or to a MACs/parameter target, print MACs and parameters, save it",
                        description="Prune MODEL (torchvision:NAME, timm:NAME, hf:CONFIG-or-path, FILE.py:factory), "
                                    "print MACs and parameters before and after, and save weights plus pruning plan.")
-    p.add_argument("model")
+    p.add_argument("model", help=MODEL_HELP)
     how_much = p.add_mutually_exclusive_group()
     how_much.add_argument("--ratio", type=float, default=0.5, action=_StoreGiven,
                           help="fraction of each group's channels to remove (default 0.5)")
@@ -70,16 +71,42 @@ def build_parser(version: str) -> argparse.ArgumentParser:
     p.add_argument("--global", dest="global_pruning", action="store_true", help="rank all groups together")
     p.add_argument("--steps", type=int, default=1, help="reach the ratio (or target) in this many steps")
     p.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this")
-    p.add_argument("--ignore", action="append", default=[], metavar="NAME[,NAME...]",
-                   help="layers (by name) never to prune; repeat it or separate names with commas")
-    p.add_argument("--input-shape", type=_shape, default=None, help="example input shape, e.g. 1,3,224,224")
+    model_options(p)
+    p.add_argument("--all-layers", action="store_true", help="list every layer in the report, unchanged ones too")
     p.add_argument("--out", default=None, help="file to save the pruned model to (required unless --dry-run)")
     p.add_argument("--dry-run", action="store_true",
                    help="build, plan and report what would be removed and the MACs/parameters after; write nothing")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: only when stderr is a terminal)")
     p.set_defaults(command="prune", ratio_given=False)
+
+    from .inspect_commands import add_subcommands  # inspect and graph (their modules import nothing heavy)
+
+    add_subcommands(sub)
     return parser
+
+
+MODEL_HELP = "torchvision:NAME, timm:NAME, hf:CONFIG-or-path or FILE.py:factory"
+
+
+def model_options(parser: argparse.ArgumentParser) -> None:
+    """``--ignore`` and ``--input-shape``, which every command that builds a model takes."""
+    parser.add_argument("--ignore", action="append", default=[], metavar="NAME[,NAME...]",
+                        help="layers (by name) never to prune; repeat it or separate names with commas")
+    parser.add_argument("--input-shape", type=input_shape, default=None, help="example input shape, e.g. 1,3,224,224")
+
+
+def out_problem(out: str, example: str) -> str | None:
+    """What is wrong with an output path (None if nothing); ``example`` is a file name to suggest for a directory."""
+    path = os.path.abspath(out)
+    if os.path.isdir(path):
+        return f"--out {out}: that is a directory; name the file to write, e.g. {os.path.join(out, example)}"
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        return f"--out {out}: the directory {folder} does not exist; create it first (mkdir -p {folder})"
+    if not os.access(folder, os.W_OK):
+        return f"--out {out}: the directory {folder} is not writable"
+    return None
 
 
 def prune_argument_problem(args: argparse.Namespace) -> str | None:
@@ -107,15 +134,7 @@ def prune_argument_problem(args: argparse.Namespace) -> str | None:
         if not args.dry_run:
             return "--out FILE is missing: name the file to save the pruned model to, or pass --dry-run to write nothing"
         return None
-    out = os.path.abspath(args.out)
-    if os.path.isdir(out):
-        return f"--out {args.out}: that is a directory; name the file to write, e.g. {os.path.join(args.out, 'pruned.pth')}"
-    folder = os.path.dirname(out)
-    if not os.path.isdir(folder):
-        return f"--out {args.out}: the directory {folder} does not exist; create it first (mkdir -p {folder})"
-    if not os.access(folder, os.W_OK):
-        return f"--out {args.out}: the directory {folder} is not writable"
-    return None
+    return out_problem(args.out, "pruned.pth")
 
 
-__all__ = ["DATA_FREE", "build_parser", "prune_argument_problem"]
+__all__ = ["DATA_FREE", "MODEL_HELP", "build_parser", "input_shape", "model_options", "out_problem", "prune_argument_problem"]

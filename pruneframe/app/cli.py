@@ -1,7 +1,7 @@
-"""The ``pruneframe`` command line: ``pruneframe prune ...`` and ``pruneframe plugins``.
+"""The ``pruneframe`` command line: ``pruneframe prune``, ``inspect``, ``graph`` and ``plugins``.
 
 The parser and the argument checks live in ``arguments``, each command in its own module
-(``prune_command``, ``plugins_command``), imported only when it runs so ``--help`` stays instant.
+(``prune_command``, ``plugins_command``, ``inspect_commands``), imported only when it runs so ``--help`` stays instant.
 """
 from __future__ import annotations
 
@@ -19,10 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(__version__).parse_args(argv)
     if args.command == "plugins":
         from . import plugins_command as command
-    else:
+        run = command.run
+    elif args.command == "prune":
         from . import prune_command as command  # type: ignore[no-redef]
+        run = command.run
+    else:
+        run = args.run  # inspect, graph: set by inspect_commands.add_subcommands
     try:
-        return command.run(args)
+        return run(args)
     except BrokenPipeError:  # stdout closed early (`pruneframe ... | head`): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

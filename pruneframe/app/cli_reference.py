@@ -16,34 +16,12 @@ from collections.abc import Iterator
 USAGE_WIDTH = 100  # usage lines are wrapped at this width, not the terminal's, so the page is the same wherever it is built
 
 
-class _ParserBuilt(BaseException):
-    """Raised in place of parsing, to carry the parser ``main`` built out of it (no ``except Exception`` in main stops it)."""
-
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
-        super().__init__("parser captured")
-        self.parser = parser
-
-
 def pruneframe_parser() -> argparse.ArgumentParser:
-    """The parser of the ``pruneframe`` command, built by ``cli.main`` and taken from it before anything is parsed or run.
+    """The parser of the ``pruneframe`` command, exactly as ``cli.main`` builds it."""
+    from .. import __version__
+    from .arguments import build_parser
 
-    ``cli.main`` builds its parser inline, so its ``parse_args`` call is
-    intercepted: nothing is parsed, no command runs, nothing is printed.
-    """
-    from . import cli
-
-    def capture(self: argparse.ArgumentParser, args: object = None, namespace: object = None) -> argparse.Namespace:
-        raise _ParserBuilt(self)
-
-    original = argparse.ArgumentParser.parse_args
-    argparse.ArgumentParser.parse_args = capture  # type: ignore[method-assign,assignment]
-    try:
-        cli.main([])
-    except _ParserBuilt as built:
-        return built.parser
-    finally:
-        argparse.ArgumentParser.parse_args = original  # type: ignore[method-assign]
-    raise RuntimeError("pruneframe.app.cli.main returned without calling parse_args: no parser to document")
+    return build_parser(__version__)
 
 
 def commands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser, str | None]]:

@@ -10,28 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
+
+from .arguments import MODEL_HELP, model_options, out_problem
 
 FORMATS = ("dot", "mermaid")
 
 
-def _input_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"input shape {text!r}: write sizes separated by commas, e.g. 1,3,224,224") from None
-    if not shape or any(v < 1 for v in shape):
-        raise argparse.ArgumentTypeError(f"input shape {text!r}: every size must be a positive int")
-    return shape
-
-
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="torchvision:NAME, timm:NAME, hf:CONFIG-or-path or FILE.py:factory")
-    parser.add_argument("--input-shape", type=_input_shape, default=None, help="example input shape, e.g. 1,3,224,224")
-    parser.add_argument("--ignore", action="append", default=[], metavar="NAME[,NAME...]",
-                        help="layers (by name) never to prune; repeat it or separate names with commas")
+    parser.add_argument("model", help=MODEL_HELP)
+    model_options(parser)
 
 
 def add_subcommands(subparsers: Any) -> None:
@@ -57,19 +46,6 @@ class _Refused(Exception):
     """Bad input, already worded for the user."""
 
 
-def _out_problem(out: str) -> str | None:
-    """What is wrong with ``--out`` (None if nothing), found before any model is built."""
-    path = os.path.abspath(out)
-    if os.path.isdir(path):
-        return f"--out {out}: that is a directory; name the file to write, e.g. {os.path.join(out, 'graph.dot')}"
-    folder = os.path.dirname(path)
-    if not os.path.isdir(folder):
-        return f"--out {out}: the directory {folder} does not exist; create it first (mkdir -p {folder})"
-    if not os.access(folder, os.W_OK):
-        return f"--out {out}: the directory {folder} is not writable"
-    return None
-
-
 def _describe(inputs: Any) -> str:
     import torch
 
@@ -91,8 +67,7 @@ def trace_model(spec: str, input_shape: tuple[int, ...] | None, ignore: list[str
         built = build(spec, input_shape)
     except ModelSourceError as exc:
         raise _Refused(str(exc)) from exc
-    # build() returns a BuiltModel; before it did, a (model, inputs, forward_fn) tuple
-    model, inputs, forward_fn = (built.model, built.inputs, built.forward_fn) if hasattr(built, "model") else built
+    model, inputs, forward_fn = built.model, built.inputs, built.forward_fn
     names = dict(model.named_modules())
     missing = [n for n in ignore if n not in names]
     if missing:
@@ -157,7 +132,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_graph(args: argparse.Namespace) -> int:
     """``pruneframe graph MODEL``: write the dependency graph with its groups as dot or Mermaid."""
-    problem = _out_problem(args.out) if args.out is not None else None
+    problem = out_problem(args.out, "graph.dot") if args.out is not None else None
     if problem:
         print(f"pruneframe graph: {problem}", file=sys.stderr)
         return 2

@@ -23,8 +23,6 @@ def listing(load: bool) -> list[dict[str, Any]]:
         plugins = PluginSet(lazy=True)
         described = plugins.registry().describe(failures=True)
         deferred = plugins.deferred
-    for entry in described:
-        entry.setdefault("loaded", "error" not in entry)  # a plugin that failed to load is listed with its error
     for plugin in deferred:
         frameworks = ", ".join(plugin.frameworks)
         described.append({

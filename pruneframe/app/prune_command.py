@@ -47,13 +47,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.weights is not None:
         _say(f"weights: {_load_weights(built, args.weights)}")
     ignored = _ignored_layers(built.model, args)
+    from .report import layer_sizes
+
+    snapshot = layer_sizes(built.model)
     before = _count(built)
     pruner = _pruner(built, criterion, ignored, args, progress)
     if pruner.target is not None:
         _say(f"target: {pruner.target.describe()}")
     after = _steps(pruner, built, args)
     _summary(before, after, pruner)
-    after_pruning(pruner, args)
+    after_pruning(pruner, snapshot, built.model, args)
     if args.dry_run:
         _say(f"dry run: nothing was written{f' (not even --out {args.out})' if args.out else ''}")
         return 0
@@ -167,31 +170,13 @@ def _summary(before: tuple[int, int], after: tuple[int, int], pruner: Any) -> No
         _say(f"target {verdict}: {result.target.describe()}")
 
 
-def after_pruning(pruner: Any, args: argparse.Namespace) -> None:
-    """What is reported once the steps are done and before anything is saved (a per-layer report belongs here)."""
-    if args.dry_run:
-        for line in removed_channels(pruner.DG):
-            _say(line)
+def after_pruning(pruner: Any, snapshot: Any, model: Any, args: argparse.Namespace) -> None:
+    """The per-layer report (sizes before -> after, and the layer sides left whole with why), before anything is saved."""
+    from .report import print_prune_report
 
-
-def removed_channels(graph: Any, limit: int = 30) -> list[str]:
-    """Lines saying which layers lost output channels (traced width -> width now), and how many lost only inputs."""
-    lost, following = [], 0
-    for node in graph.module2node.values():
-        out, inp = node.out_space, node.in_space
-        shrunk_out = out is not None and out.current_size < out.size
-        if shrunk_out and not node.in_out_coupled:
-            lost.append(f"  {node.name}: {out.size} -> {out.current_size} output channels")
-        elif shrunk_out or (inp is not None and inp.current_size < inp.size):
-            following += 1  # a norm layer, an activation with parameters, a layer that loses only inputs
-    if not lost:
-        return ["would remove nothing: no group could lose channels at this ratio"]
-    followers = f" ({following} more layer{'s follow' if following > 1 else ' follows'} them: norms, consumers)"
-    lines = [f"would remove output channels of {len(lost)} layer(s){followers if following else ''}:"]
-    lines += lost[:limit]
-    if len(lost) > limit:
-        lines.append(f"  ... and {len(lost) - limit} more")
-    return lines
+    _say("" if not args.dry_run else "\ndry run: the prune below was made in memory only")
+    print_prune_report(snapshot, model, pruner, all_layers=args.all_layers)
+    sys.stdout.flush()
 
 
 def _save(built: Any, args: argparse.Namespace) -> None:
@@ -201,4 +186,4 @@ def _save(built: Any, args: argparse.Namespace) -> None:
     _say(f"saved to {args.out}; load it with pruneframe.load_pruned({args.out!r}) from any directory")
 
 
-__all__ = ["CommandError", "after_pruning", "removed_channels", "run"]
+__all__ = ["CommandError", "after_pruning", "run"]

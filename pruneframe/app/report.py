@@ -25,6 +25,7 @@ from ..wrappers import unwrap
 MODEL = "(model)"  # how the model itself (module name "") is shown
 WIDTH = 110  # lines of grouped names wrap here
 UNTOUCHED = "prunable, but no prune removed any of its channels"
+SHOWN_PER_REASON = 12  # names shown under one reason in the grouped view
 CHOSE_NONE = "prunable, but the pruner chose none of its channels (the pruning ratio, round_to or a global ranking)"
 
 
@@ -308,7 +309,10 @@ def kept_whole_table(records: Sequence[KeptWhole], all_layers: bool = False) -> 
     lines = [title]
     for reason, names in by_reason.items():
         lines.append(f"  {reason} ({len(names)}):")
-        lines += _wrap([text for text, _ in compact_names(names)], "    ")
+        shown = [text for text, _ in compact_names(names)]
+        if len(shown) > SHOWN_PER_REASON:  # the whole list is one flag away
+            shown = [*shown[:SHOWN_PER_REASON], f"and {len(shown) - SHOWN_PER_REASON} more (all_layers=True / --all-layers lists them)"]
+        lines += _wrap(shown, "    ")
     return "\n".join(lines)
 
 

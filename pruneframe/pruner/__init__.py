@@ -16,6 +16,7 @@ from ..layer_pruner import BasePruningFunc, DeclarativeLayerPruner, LayerPruner
 from .growing_reg import GrowingRegPruner
 from .meta_pruner import MetaPruner, linear_scheduler
 from .sparse_training import BNScalePruner, GroupNormPruner
+from .targets import ratio_for_target
 
 BasePruner = MetaPruner  # Torch-Pruning's names for the same pruner
 MagnitudePruner = MetaPruner
@@ -28,4 +29,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["BNScalePruner", "BasePruner", "BasePruningFunc", "DeclarativeLayerPruner", "GroupNormPruner", "GrowingRegPruner",
-           "LayerPruner", "MagnitudePruner", "MetaPruner", "PrunerBox", "function", "importance", "linear_scheduler"]
+           "LayerPruner", "MagnitudePruner", "MetaPruner", "PrunerBox", "function", "importance", "linear_scheduler",
+           "ratio_for_target"]

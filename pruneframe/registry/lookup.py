@@ -172,6 +172,7 @@ class Registry:
                 "version": info.version,
                 "module": info.module,
                 "builtin": info.builtin,
+                "loaded": True,
                 "hooks": list(info.hooks),
                 "module_types": sorted(layers | hooked),
                 "ops": sorted(ops),
@@ -180,7 +181,8 @@ class Registry:
                 "importances": sorted(n for e in mine(self.importances) for n in e.names),
             })
         for failure in self.failures if failures else ():
-            out.append({"name": failure.name, "distribution": failure.distribution, "error": f"{failure.what}: {failure.error}"})
+            out.append({"name": failure.name, "distribution": failure.distribution, "loaded": False,
+                        "error": f"{failure.what}: {failure.error}"})
         return out
 
 
