@@ -322,3 +322,40 @@ def test_channel_groups_hold_every_channel_once() -> None:
 def test_kept_whole_records_are_plain_values() -> None:
     record = KeptWhole("fc", "Linear", "out", 10, ["it reaches a model output"])
     assert record.reasons == ("it reaches a model output",) and record == KeptWhole("fc", "Linear", "out", 10, ("it reaches a model output",))
+
+
+class FixedView(nn.Module):
+    """a's 8 channels are viewed as 2 x 4 with a literal 4: no prune of a survives the run check."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(4, 8, 1)
+        self.c = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = y.view(y.shape[0], 2, 4, y.shape[2], y.shape[3]).mean(1)
+        return self.c(torch.relu(self.b(y)))
+
+
+def test_metapruner_reports_the_groups_it_left_whole_and_why() -> None:
+    model = FixedView().eval()
+    pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 4, 4), tp.importance.MagnitudeImportance(), pruning_ratio=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pruner.step()
+    assert (model.a.out_channels, model.b.out_channels) == (8, 4)
+    reasons = {(r.name, r.kind): r.reasons for r in kept_whole(pruner)}
+    assert reasons[("a", "out")][0].startswith("a size the model's code keeps: after pruning it the model no longer runs (")
+    assert ("b", "out") not in reasons  # pruned
+    # the mean over the 2 of the view leaves values of no channel: b's inputs are tied to no root layer's outputs
+    assert reasons[("b", "in")] == ("the pruner ranks the channels of root layers (ConvNd, Linear, RNNBase) and none of them "
+                                    "holds these",)
+
+    model = nn.Sequential(OrderedDict(a=nn.Conv2d(3, 8, 1), b=nn.Conv2d(8, 2, 1)))
+    pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 4, 4), tp.importance.BNScaleImportance(), pruning_ratio=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pruner.step()
+    assert {(r.name, r.kind): r.reasons for r in kept_whole(pruner)}[("a", "out")][0].startswith("the importance cannot score it: ")

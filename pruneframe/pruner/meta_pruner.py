@@ -146,6 +146,7 @@ class MetaPruner:
         self.prune_num_heads = prune_num_heads
         self.prune_head_dims = prune_head_dims
         self.current_step = 0
+        self.left_whole: list[tuple[Group, str]] = []  # groups the steps left whole, and why (pruneframe.app.report reads it)
         self.progress = progress
         self.forward_fn = forward_fn
         self.output_transform = output_transform
@@ -158,18 +159,24 @@ class MetaPruner:
 
         self.per_step_pruning_ratio = _schedule(iterative_pruning_ratio_scheduler, pruning_ratio, iterative_steps)
         self.per_step_head_pruning_ratio = _schedule(iterative_pruning_ratio_scheduler, head_pruning_ratio, iterative_steps)
-        # pruning_ratio_dict: a module, or a tuple of modules ranked together as one scope
+        # pruning_ratio_dict: a module, or a tuple of modules ranked together as one scope. A block (a module with
+        # submodules) gives its ratio to every layer inside it; those are ranked together only with global pruning,
+        # each layer on its own otherwise (as in Torch-Pruning). Later entries win.
         self.pruning_ratio_dict: dict[nn.Module, list[float]] = {}
         self._layer_scope: dict[nn.Module, str] = {}
-        for key, ratio in (pruning_ratio_dict or {}).items():
+        for k, (key, ratio) in enumerate((pruning_ratio_dict or {}).items()):
             _check_ratio(f"pruning_ratio_dict[{_layer_label(model, key)}]", ratio)
             modules = key if isinstance(key, (tuple, list)) else (key,)
-            scope = f"ratio-dict-{len(self._layer_scope)}"
+            scope = f"ratio-dict-{k}"
             for m in modules:
                 if not isinstance(m, nn.Module):
                     raise TypeError(f"pruning_ratio_dict keys are modules or tuples of modules, not {type(m).__name__}")
-                self.pruning_ratio_dict[m] = _schedule(iterative_pruning_ratio_scheduler, ratio, iterative_steps)
-                self._layer_scope[m] = scope
+                for layer in m.modules():
+                    self.pruning_ratio_dict[layer] = _schedule(iterative_pruning_ratio_scheduler, ratio, iterative_steps)
+                    if layer is m or global_pruning:
+                        self._layer_scope[layer] = scope
+                    else:
+                        self._layer_scope.pop(layer, None)
         self.head_pruning_ratio_dict = {
             m: _schedule(iterative_pruning_ratio_scheduler, r, iterative_steps) for m, r in (head_pruning_ratio_dict or {}).items()
         }
@@ -197,11 +204,16 @@ class MetaPruner:
         for module, node in self.DG.module2node.items():
             if node.out_space is not None:
                 self._original[module] = node.out_space.size
+        # Head widths, so num_heads can follow when whole heads go (Torch-Pruning's scripts read it back).
+        self._head_dims = {m: self._original[m] // h for m, h in self.num_heads.items()
+                           if m in self._original and h > 0 and self._original[m] % h == 0}
+        self._whole_heads: set[nn.Module] = set()  # layers whose heads were scored as whole heads this step
 
     # --- public API ---------------------------------------------------------------------
     def step(self, interactive: bool = False) -> Iterator[Group] | None:
         """Prune one step; with ``interactive`` return a generator of the groups instead (prune them yourself)."""
         self.current_step += 1
+        self.left_whole = []  # this step's: a group left whole before is scored again, and reported again if it stays
         if interactive:
             return self._interactive_groups()
         chosen = self._plan_step()
@@ -213,6 +225,7 @@ class MetaPruner:
                         pruning.update()
         except ModelStopsRunningError:  # some group breaks a size the model's code keeps: find it, leave it whole
             self._prune_one_by_one(chosen)
+        self._update_num_heads()
         if self.target is not None:
             self._check_target_reached()
         return None
@@ -230,6 +243,15 @@ class MetaPruner:
 
     def _interactive_groups(self) -> Iterator[Group]:
         yield from self._groups_of(self._plan_step())
+        self._update_num_heads()
+
+    def _update_num_heads(self) -> None:
+        """``num_heads[layer]``: the heads left, for layers that lost whole heads (their head width is unchanged)."""
+        for module in self._whole_heads:
+            node = self.DG.module2node.get(module)
+            if module in self._head_dims and node is not None and node.out_space is not None:
+                self.num_heads[module] = node.out_space.current_size // self._head_dims[module]
+        self._whole_heads.clear()
 
     def _prune_one_by_one(self, chosen: list[_Chosen]) -> None:
         """The step again, each group checked on its own; a group after which the model no longer runs stays whole."""
@@ -240,7 +262,9 @@ class MetaPruner:
             except ModelStopsRunningError as exc:
                 names = [dep.target.name for dep, _ in group]
                 shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-                left_whole.append(f"{shown} ({str(exc).split('(', 1)[-1].split('); it was undone')[0]})")
+                detail = str(exc).split('(', 1)[-1].split('); it was undone')[0]
+                left_whole.append(f"{shown} ({detail})")
+                self.left_whole.append((group, f"a size the model's code keeps: after pruning it the model no longer runs ({detail})"))
         if left_whole:
             warnings.warn(
                 f"{len(left_whole)} group(s) left whole: after pruning them the model no longer runs on the example inputs, "
@@ -295,9 +319,11 @@ class MetaPruner:
                     found = self._candidate(group)
                 except NothingToReadError as exc:  # e.g. BN scales for a group without batch norm: it stays whole
                     unscored.append(str(exc))
+                    self.left_whole.append((group, f"the importance cannot score it: {exc}"))
                     continue
                 except _HeadsTiedError as exc:
                     tied_heads.append(str(exc))
+                    self.left_whole.append((group, f"prune_num_heads cannot remove any of its heads, the trace ties them together: {exc}"))
                     continue
                 finally:
                     scoring.update()
@@ -341,6 +367,8 @@ class MetaPruner:
             group = graph.get_pruning_group(root, trigger, sorted(idxs))
             problems = group.problems()
             if problems:
+                if graph is self.DG:
+                    self.left_whole.append((group, "; ".join(problems)))
                 warnings.warn(f"skipping a group rooted at {graph.module2node[root].name}: {'; '.join(problems)}", stacklevel=4)
                 continue
             yield group
@@ -448,6 +476,8 @@ class MetaPruner:
         labels, heads_mode = self._block_labels(group)
         if labels is None:
             return None
+        if heads_mode:
+            self._whole_heads.update(dep.target.module for dep, _ in group if dep.target.module in self.num_heads)
         counts = torch.bincount(labels)
         block_scores = torch.zeros(counts.numel(), dtype=torch.float64).index_add_(0, labels, scores) / counts
         ratio = self._head_ratio(group) if heads_mode else self.get_target_pruning_ratio(root)
