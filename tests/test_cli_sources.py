@@ -163,3 +163,26 @@ def test_a_detection_model_prunes_and_reloads(tmp_path: Path, capsys) -> None:
     assert sum(p.numel() for p in model.parameters()) < sum(
         p.numel() for p in torchvision.models.get_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights=None,
                                                          weights_backbone=None).parameters())
+
+
+@pytest.mark.slow
+def test_a_file_saved_by_the_command_reloads_in_another_process_from_another_directory(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    made, used = tmp_path / "made_here", tmp_path / "used_here"
+    made.mkdir()
+    used.mkdir()
+    (made / "net.py").write_text(MODEL_FILE)
+    pruned = subprocess.run([sys.executable, "-m", "pruneframe", "prune", "net.py:build", "--ratio", "0.5", "--out", "p.pth"],
+                            cwd=made, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert pruned.returncode == 0, pruned.stderr
+    code = ("import json, sys, torch, pruneframe; m = pruneframe.load_pruned(sys.argv[1]); "
+            "print(json.dumps([m[0].out_channels, list(m(torch.randn(2, 3, 8, 8)).shape)]))")
+    loaded = subprocess.run([sys.executable, "-c", code, str(made / "p.pth")], cwd=used, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    assert json.loads(loaded.stdout) == [8, [2, 4]]
