@@ -494,3 +494,16 @@ def net_specs(draw: Callable[[st.SearchStrategy[Any]], Any], max_steps: int = 7)
 ratios = st.sampled_from([percent / 100 for percent in range(60, 9, -5)])  # leans to 0.6; floats() would cling to 0.1
 seeds = st.integers(0, 2**16)
 X = torch.randn(INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
+
+
+class SortNet(nn.Module):
+    """``a``'s channels reach ``aten.sort``, which no built-in plugin handles: they are blocked, with that op named."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.c = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.relu(self.b(torch.sort(self.a(x), dim=3).values)))

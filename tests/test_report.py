@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 
 import pruneframe as tp
+from architectures import SortNet
 from pruneframe.app.report import (
     CHOSE_NONE,
     UNTOUCHED,
@@ -43,20 +44,6 @@ def assert_aligned(table: str) -> None:
     rows = [line for line in table.splitlines() if " | " in line]
     bars = {tuple(i for i, c in enumerate(line) if c == "|") for line in rows}
     assert len(rows) >= 2 and len(bars) == 1, table
-
-
-class SortNet(nn.Module):
-    """a's channels reach aten.sort, which no built-in plugin handles."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(3, 8, 1)
-        self.b = nn.Conv2d(8, 8, 1)
-        self.c = nn.Conv2d(8, 4, 1)
-
-    def forward(self, x):
-        y = torch.sort(self.a(x), dim=3).values
-        return self.c(torch.relu(self.b(y)))
 
 
 # --- torchvision resnet18 ---------------------------------------------------------------------

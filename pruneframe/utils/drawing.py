@@ -74,6 +74,14 @@ def _draw(matrix: torch.Tensor, save_as: Any, title: str | None, figsize: Any, d
     return fig, ax
 
 
+def _canvas(DG: Any, save_as: Any, slots_per_node: int) -> tuple[list[Any], dict[int, int], torch.Tensor]:
+    """The nodes drawn, each one's position, and an empty square matrix of ``slots_per_node`` rows per node."""
+    nodes = _check(DG, save_as)
+    _figure_class()  # before the work: say at once if matplotlib is missing
+    size = slots_per_node * len(nodes)
+    return nodes, {id(n): k for k, n in enumerate(nodes)}, torch.zeros(size, size)
+
+
 def _slot(position: dict[int, int], node: Any, kind: str) -> int:
     return 2 * position[id(node)] + (1 if kind == "out" else 0)
 
@@ -81,10 +89,7 @@ def _slot(position: dict[int, int], node: Any, kind: str) -> int:
 def draw_computational_graph(DG: Any, save_as: Any, title: str | None = "Computational Graph", figsize: Any = (16, 16),
                              dpi: int = 200, cmap: Any = None) -> tuple[Any, Any]:
     """Save an N x N picture of which node's outputs reach which node's inputs; returns ``(figure, axes)``."""
-    nodes = _check(DG, save_as)
-    _figure_class()  # before the work: say at once if matplotlib is missing
-    position = {id(n): k for k, n in enumerate(nodes)}
-    matrix = torch.zeros(len(nodes), len(nodes))
+    nodes, position, matrix = _canvas(DG, save_as, 1)
     for a, node in enumerate(nodes):
         for other, kind in _reach(DG, node, "out"):
             b = position.get(id(other))
@@ -96,10 +101,7 @@ def draw_computational_graph(DG: Any, save_as: Any, title: str | None = "Computa
 def draw_dependency_graph(DG: Any, save_as: Any, title: str | None = "Group", figsize: Any = (16, 16), dpi: int = 200,
                           cmap: Any = None) -> tuple[Any, Any]:
     """Save a 2N x 2N picture of which channel space's prune reaches which; returns ``(figure, axes)``."""
-    nodes = _check(DG, save_as)
-    _figure_class()
-    position = {id(n): k for k, n in enumerate(nodes)}
-    matrix = torch.zeros(2 * len(nodes), 2 * len(nodes))
+    nodes, position, matrix = _canvas(DG, save_as, 2)
     for node in nodes:
         for kind in ("in", "out"):
             for other, other_kind in _reach(DG, node, kind):
@@ -113,10 +115,7 @@ def draw_dependency_graph(DG: Any, save_as: Any, title: str | None = "Group", fi
 def draw_groups(DG: Any, save_as: Any, title: str | None = "Group", figsize: Any = (16, 16), dpi: int = 200,
                 cmap: Any = None) -> tuple[Any, Any]:
     """Save a 2N x 2N picture of the prunable groups, every two spaces of a group set; returns ``(figure, axes)``."""
-    nodes = _check(DG, save_as)
-    _figure_class()
-    position = {id(n): k for k, n in enumerate(nodes)}
-    matrix = torch.zeros(2 * len(nodes), 2 * len(nodes))
+    nodes, position, matrix = _canvas(DG, save_as, 2)
     for group in DG.get_all_groups():
         slots = sorted({_slot(position, s.node, s.kind) for s, _ in group.touched if id(s.node) in position})
         index = torch.tensor(slots, dtype=torch.long)
