@@ -128,3 +128,13 @@ def test_rough_inputs_get_messages_not_tracebacks(tmp_path, capsys) -> None:
 def test_version() -> None:
     proc = run("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == "pruneframe 0.1.0"
+
+
+def test_the_saved_file_gets_the_mode_a_new_file_gets(tmp_path, monkeypatch) -> None:
+    from pruneframe.app.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["prune", "torchvision:resnet18", "--ratio", "0.2", "--input-shape", "1,3,32,32", "--out", "p.pth"]) == 0
+    (tmp_path / "plain").write_text("")  # what the user's umask gives any new file
+    assert (tmp_path / "p.pth").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pruneframe-")] == []  # no temporary left

@@ -299,11 +299,18 @@ def save_pruned(model: nn.Module, path: str, spec: str, input_shape: tuple[int, 
     os.close(handle)
     try:
         torch.save(saved, temporary)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; the file gets the mode any new file gets
         os.replace(temporary, path)  # a crash or Ctrl-C midway leaves no half-written file under the real name
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_pruned(path: str, model_code: str = "auto") -> nn.Module:
