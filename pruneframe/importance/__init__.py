@@ -25,6 +25,10 @@ Example::
     group = DG.get_pruning_group(model[0], tp.prune_linear_out_channels, idxs=[0, 1, 2, 3])
     scores = tp.importance.MagnitudeImportance(p=1)(group)  # 4 scores, for root indices 0..3
 
+``ActivationImportance`` scores channels by their activations on calibration
+data (``pruner.calibrate(batches)``, or Torch-Pruning's
+``with imp.compute_importance(model): model(batch)``).
+
 Criteria are also registered by name through the ``pruneframe_importances``
 plugin hook: ``pruneframe.importance.from_name("l1")``.
 """
@@ -33,6 +37,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..registry import UnknownImportanceError, get_registry
+from .activation import ActivationImportance, NotCalibratedError
 from .channels import LayerChannels, read_channels
 from .criteria import (
     DEFAULT_TARGET_TYPES,
@@ -56,6 +61,8 @@ from .reductions import GROUP_REDUCTIONS, NORMALIZERS, Normalizer
 
 __all__ = [
     "DEFAULT_TARGET_TYPES",
+    "ActivationImportance",
+    "NotCalibratedError",
     "GROUP_REDUCTIONS",
     "NORMALIZERS",
     "Normalizer",

@@ -8,10 +8,11 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..graph import Group
+from ..graph import Group, Member
 from ..layer_pruner import counts_as
 from ..runtime import single_threaded
 from .channels import LayerChannels, read_channels
+from .distributed import sum_over_ranks
 from .reductions import Normalizer, check_options, normalize, reduce_scores
 
 DEFAULT_TARGET_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
@@ -87,6 +88,18 @@ class PerLayerImportance(Importance):
     def layer_scores(self, channels: LayerChannels) -> torch.Tensor | None:
         """One score per channel of ``channels.idxs``, or None to leave the layer out."""
 
+    def member_scores(self, member: Member) -> tuple[torch.Tensor, str] | None:
+        """One score per channel of ``member.idxs`` and the layer's name for messages, or None to leave it out.
+
+        By default the member's weights are read (``read_channels``) and passed to ``layer_scores``; a criterion
+        that reads something other than weights (activations) overrides this instead.
+        """
+        channels = read_channels(member)
+        if channels is None:
+            return None
+        local = self.layer_scores(channels)
+        return None if local is None else (local, channels.name)
+
     @torch.no_grad()
     def __call__(self, group: Group) -> torch.Tensor:
         n = len(group.root_idxs)
@@ -99,21 +112,19 @@ class PerLayerImportance(Importance):
         for member in members:
             if not counts_as(member.node.module, member.node.pruner, self.target_types):
                 continue
-            channels = read_channels(member)
-            if channels is None:
+            found = self.member_scores(member)
+            if found is None:
                 continue
-            local = self.layer_scores(channels)
-            if local is None:
-                continue
+            local, name = found
             local = local.detach().to(torch.promote_types(local.dtype, torch.float32))
             if local.shape != (len(member.idxs),):
                 raise ValueError(
-                    f"{type(self).__name__}.layer_scores gave shape {tuple(local.shape)} for {channels.name}; "
+                    f"{type(self).__name__}.layer_scores gave shape {tuple(local.shape)} for {name}; "
                     f"expected ({len(member.idxs)},), one score per channel"
                 )
             if not bool(torch.isfinite(local).all()):
                 raise UnscorableGroupError(
-                    f"{type(self).__name__} got NaN or infinite scores from {channels.name} in the group of "
+                    f"{type(self).__name__} got NaN or infinite scores from {name} in the group of "
                     f"{_root_name(group)}: its weights (or gradients) are not finite"
                 )
             device = rows[0].device if rows else local.device
@@ -306,6 +317,19 @@ class HessianImportance(PerLayerImportance):
                 self._squares[id(param)] = (param, square.clone(), 1)
             else:
                 self._squares[id(param)] = (param, found[1] + square, found[2] + 1)
+
+    def sum_over_ranks(self, model: nn.Module) -> None:
+        """Inside a ``torch.distributed`` process group: add up every rank's accumulated squares and counts.
+
+        ``pruner.calibrate`` calls it; call it yourself once, on every rank, after accumulating by hand.
+        """
+        params = list(model.parameters())
+        found = [self._squares.get(id(p)) for p in params]
+        sums, counts = sum_over_ranks([f[1] if f else None for f in found], [float(f[2]) if f else 0.0 for f in found],
+                                      "HessianImportance")
+        for param, total, count in zip(params, sums, counts):
+            if total is not None:
+                self._squares[id(param)] = (param, total.reshape(param.shape).to(param.dtype), int(count))
 
     def _curvature(self, tensor: torch.Tensor, channels: LayerChannels, what: str) -> torch.Tensor:
         found = self._squares.get(id(tensor))

@@ -31,7 +31,7 @@ from ..progress import bar
 from ..runtime import heap_frozen
 from ..utils import count_ops_and_params
 from ..wrappers import unwrap
-from . import targets
+from . import calibration, targets
 from .selection import Candidate, Limits, choose_ranked, first_key_per_root, join_blocks, select
 from ..registry import get_registry
 
@@ -229,6 +229,19 @@ class MetaPruner:
         if self.target is not None:
             self._check_target_reached()
         return None
+
+    def calibrate(self, batches: Iterable[Any], forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+                  loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None, progress: bool | None = None) -> int:
+        """Run ``batches`` (tensors, tuples or dicts, like ``example_inputs``) to feed a data-driven importance.
+
+        ``ActivationImportance`` collects activation statistics (its earlier ones are replaced);
+        ``TaylorImportance`` and ``HessianImportance`` need ``loss_fn(model, batch) -> loss`` and accumulate
+        gradients over every batch (Taylor's land in ``.grad``, replacing what was there). The model runs in eval
+        mode and is otherwise left as it was; under ``torch.distributed`` the statistics are summed over the
+        ranks. ``progress`` (default: the pruner's) shows a bar. Returns the number of batches run.
+        See ``pruneframe.pruner.calibration``.
+        """
+        return calibration.calibrate(self, batches, forward_fn=forward_fn, loss_fn=loss_fn, progress=progress)
 
     def search_target_ratio(self) -> targets.TargetResult:
         """The ratio the next step would use to reach its share of the target, and what it gives; nothing is pruned."""
