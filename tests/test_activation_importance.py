@@ -249,3 +249,31 @@ def test_statistics_from_before_a_prune_are_refused_until_collected_again() -> N
     pruner.calibrate([torch.randn(8, 4)])  # starts afresh on the pruned model
     pruner.step()  # the refused step counted: this is step 3 of 3, to half the original 6
     assert model[0].out_features == 3
+
+
+def test_a_silent_attention_head_goes_first() -> None:
+    """num_heads on an nn.MultiheadAttention fed by a Linear whose head-2 channels never fire: head 2 goes."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(6, 16)
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.embed(x)
+            return self.head(self.attn(h, h, h, need_weights=False)[0] + h)
+
+    torch.manual_seed(0)
+    model = Block().eval()
+    with torch.no_grad():
+        model.embed.weight[8:12] = 0
+        model.embed.bias[8:12] = 0
+    kept = torch.cat([model.embed.weight[:8], model.embed.weight[12:]]).detach().clone()
+    pruner = tp.pruner.MetaPruner(model, torch.randn(2, 5, 6), ActivationImportance(), num_heads={model.attn: 4},
+                                  prune_num_heads=True, head_pruning_ratio=0.25, pruning_ratio=0.9, ignored_layers=[model.head])
+    pruner.calibrate([torch.randn(3, 7, 6) for _ in range(3)])  # longer sequences than the example inputs
+    pruner.step()
+    assert model.attn.num_heads == 3 and model.attn.embed_dim == 12 and torch.equal(model.embed.weight, kept)
+    assert model(torch.randn(1, 4, 6)).shape == (1, 4, 3)
