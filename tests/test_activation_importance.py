@@ -277,3 +277,14 @@ def test_a_silent_attention_head_goes_first() -> None:
     pruner.step()
     assert model.attn.num_heads == 3 and model.attn.embed_dim == 12 and torch.equal(model.embed.weight, kept)
     assert model(torch.randn(1, 4, 6)).shape == (1, 4, 3)
+
+
+def test_a_trace_inside_the_block_adds_nothing() -> None:
+    model = _mlp(dead=slice(0, 0))
+    x = torch.randn(3, 4)
+    imp = ActivationImportance()
+    with imp.compute_importance(model):
+        tp.pruner.MetaPruner(model, torch.randn(1, 4) * 1000, imp, ignored_layers=[model[2]])  # traced on fake tensors
+        model(x)
+    with torch.no_grad():
+        torch.testing.assert_close(imp.statistics(model[0]), model[0](x).abs().mean(0).double())

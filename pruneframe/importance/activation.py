@@ -30,6 +30,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from ..errors import PruningError
 from ..graph import Group, Member
@@ -135,6 +136,8 @@ class ActivationImportance(PerLayerImportance):
         for t, d in zip(tensors, dims):
             if d is None or t.dim() == 0 or (only_inputs and d.space != "in") or not t.is_floating_point():
                 continue
+            if isinstance(t, FakeTensor) or t.is_meta:
+                return  # a shapes-only run (a trace inside the block) has no values to count
             total, count = self._channel_sums(t.detach(), d.dim % t.dim(), d.repeat)
             key = (module, kind)
             pending = self._pending.get(key)
