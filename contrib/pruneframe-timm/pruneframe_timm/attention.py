@@ -25,12 +25,30 @@ import math
 
 from torch import nn
 
+# where timm's attention modules keep their query, key and value projections: (attribute, how many of q/k/v it holds)
+_PROJECTIONS = (("qkv", 3), ("qk", 2), ("q", 1), ("k", 1), ("kv", 2), ("v", 1))
 
-def _head_dim(qkv: nn.Linear, heads: int) -> int | None:
-    """``qkv.out_features / (3 * heads)``, or None if the width holds no whole number of q, k, v heads."""
-    if not isinstance(qkv, nn.Linear) or heads < 1 or qkv.out_features % (3 * heads):
+
+def projections(module: nn.Module) -> list[nn.Linear]:
+    """The q/k/v projection layers of a timm attention module (``qkv``; ``qk`` and ``v``; ``q``, ``k`` and ``v``, ...)."""
+    return [layer for name, _ in _PROJECTIONS if isinstance(layer := getattr(module, name, None), nn.Linear)]
+
+
+def _query_head_dim(module: nn.Module, heads: int) -> int | None:
+    """The width of one query head, read off the first projection that holds the queries, or None if it holds no
+    whole number of heads."""
+    for name, parts in _PROJECTIONS[:3]:  # qkv, qk or q: the queries' projection
+        layer = getattr(module, name, None)
+        if isinstance(layer, nn.Linear):
+            return _head_dim(layer, heads, parts)
+    return None
+
+
+def _head_dim(layer: nn.Linear, heads: int, parts: int = 3) -> int | None:
+    """``layer.out_features / (parts * heads)``, or None if the width holds no whole number of heads."""
+    if not isinstance(layer, nn.Linear) or heads < 1 or layer.out_features % (parts * heads):
         return None
-    return qkv.out_features // (3 * heads)
+    return layer.out_features // (parts * heads)
 
 
 def _keep_scale(module: nn.Module, head_dim: int) -> None:
@@ -40,20 +58,25 @@ def _keep_scale(module: nn.Module, head_dim: int) -> None:
 
 
 def attention_sizes(module: nn.Module) -> None:
-    """Set ``head_dim``, ``attn_dim`` (and ``fused_attn``) of a ``timm.layers.Attention`` from its ``qkv`` weight.
+    """Set the head sizes an attention module stores (``head_dim``, ``attn_dim`` / ``hidden_dim``, ``fused_attn``)
+    from its query projection (``qkv``, ``qk`` or ``q``) and ``num_heads``.
 
-    Sizes that no whole head width explains are left as they are; the model
-    then fails pruneframe's check run and the prune is undone.
+    One function for timm's ``Attention`` (ViT: ``qkv``, ``attn_dim``) and
+    TNT's ``Attention`` (``qk`` and a separate ``v``, ``hidden_dim``). Sizes
+    that no whole head width explains are left as they are; the model then
+    fails pruneframe's check run and the prune is undone.
     """
-    head_dim = _head_dim(module.qkv, module.num_heads)
+    heads = module.num_heads
+    head_dim = _query_head_dim(module, heads)
     if head_dim is None:
         return
-    attn_dim = module.num_heads * head_dim
-    if isinstance(module.proj, nn.Linear) and module.proj.in_features != attn_dim:
+    width = heads * head_dim
+    if hasattr(module, "attn_dim") and isinstance(module.proj, nn.Linear) and module.proj.in_features != width:
         return  # q, k, v and the merged heads disagree: nothing consistent to store
     module.head_dim = head_dim
-    if hasattr(module, "attn_dim"):
-        module.attn_dim = attn_dim
+    for stored in ("attn_dim", "hidden_dim"):  # the width of all heads together, where the module keeps it
+        if hasattr(module, stored):
+            setattr(module, stored, width)
     _keep_scale(module, head_dim)
 
 
@@ -65,18 +88,26 @@ def window_attention_scale(module: nn.Module) -> None:
 
 
 def attention_merging_to_input_width(module: nn.Module, hints) -> None:
-    """Keep the widths of an ``Attention`` that merges its heads to its input's width (timm releases without ``attn_dim``).
+    """Keep the widths of an ``Attention`` that merges its heads to its input's width (timm releases without ``attn_dim``)."""
+    if not hasattr(module, "attn_dim"):  # the merged width is stored, and attention_sizes keeps it right
+        heads_tied_to_input_width(module, hints)
 
-    Such a module ends with ``reshape(B, N, C)``, ``C`` read from its input:
-    its head width and the width of the token stream must stay equal, and as
-    they are pruned in different groups, both stay.
+
+def heads_tied_to_input_width(module: nn.Module, hints) -> None:
+    """Keep the q/k/v widths and the input width of an attention module whose code ties its heads to its input's width.
+
+    NesT's and older timm releases' ``Attention``, XCiT's ``XCA``, CaiT/XCiT's
+    ``ClassAttn`` and Next-ViT's ``EfficientAttention`` read ``C`` from their
+    input and reshape with ``C // num_heads`` (or a stored ``head_dim``) and
+    merge with ``reshape(B, N, C)``: the width of their heads must stay the
+    width of the token stream. The two are pruned in different groups, so no
+    fix-up can keep them equal; both stay (the MLPs around them still prune).
     """
-    if hasattr(module, "attn_dim"):
-        return  # the merged width is stored, and attention_sizes keeps it right
-    reason = (f"{type(module).__name__} merges its heads back to the width of its input (reshape(B, N, C)), so neither "
-              "its head width nor the width of the token stream may change")
-    hints.keep_out_channels(module.qkv, reason)
-    hints.keep_in_channels(module.qkv, reason)
+    reason = (f"{type(module).__name__} reads its head width from the width of its input (reshape with C // num_heads, "
+              "merged back with reshape(B, N, C)), so neither its q/k/v widths nor the width of the token stream may change")
+    for layer in projections(module):
+        hints.keep_out_channels(layer, reason)
+        hints.keep_in_channels(layer, reason)
 
 
 def attention_pool_latent(module: nn.Module, hints) -> None:

@@ -130,3 +130,11 @@ def vision_transformer(model: nn.Module) -> None:
             {**info, "num_chs": width} if str(info.get("module", "")).startswith("blocks.") else info
             for info in model.feature_info
         ]
+
+
+def scale_shape(module: nn.Module) -> None:
+    """MetaFormer's ``Scale`` (PoolFormer's layer and residual scales) multiplies by ``scale.view(shape)``: ``shape[0]``
+    is its width."""
+    shape = getattr(module, "shape", None)
+    if isinstance(shape, tuple) and shape and isinstance(module.scale, torch.Tensor):
+        module.shape = (module.scale.numel(), *shape[1:])

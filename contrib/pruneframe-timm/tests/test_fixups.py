@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pruneframe_timm import plugin as timm_plugin
+from pruneframe_timm.attention import attention_sizes
+from pruneframe_timm.widths import vision_transformer
 from timm.models.vision_transformer import Attention, VisionTransformer
 
 import pruneframe
 from pruneframe.registry import Registry, build_registry
-from pruneframe_timm import plugin as timm_plugin
-from pruneframe_timm.attention import attention_sizes
-from pruneframe_timm.widths import vision_transformer
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_attention_merging_to_its_input_width_is_kept_whole(registry: Registry) 
     for layer, fn in ((block.attn.qkv, pruneframe.prune_linear_out_channels), (model.patch_embed.proj, pruneframe.prune_conv_out_channels)):
         group = graph.get_pruning_group(layer, fn, [0])
         assert not graph.check_pruning_group(group)
-        assert any("merges its heads back to the width of its input" in r for r in group.blocked_reasons)
+        assert any("reads its head width from the width of its input" in r for r in group.blocked_reasons)
     group = graph.get_pruning_group(block.mlp.fc1, pruneframe.prune_linear_out_channels, [0, 1])
     group.prune()
     assert block.mlp.fc1.out_features == 94 and model(x).shape == (2, 10)
@@ -102,3 +102,27 @@ def test_the_plugin_registers_its_hooks(registry: Registry) -> None:
     attn = model.blocks[0].attn
     assert (attn.head_dim, attn.attn_dim, model.embed_dim, model.num_features) == (11, 44, 47, 47)
     assert model(x).shape == (1, 10)
+
+
+def test_attention_sizes_serve_tnt_attention_with_its_separate_v() -> None:
+    from timm.models.tnt import Attention as TntAttention
+
+    attn = TntAttention(48, hidden_dim=32, num_heads=4)
+    attn.qk = torch.nn.Linear(48, 2 * 4 * 6)  # each q and k head 8 -> 6 wide; v (48) and proj keep their widths
+    attention_sizes(attn)
+    assert (attn.num_heads, attn.head_dim, attn.hidden_dim, attn.scale) == (4, 6, 24, pytest.approx(8 ** -0.5))
+    assert attn(torch.randn(2, 5, 48)).shape == (2, 5, 48)
+
+
+def test_metaformer_scale_shape_follows_its_parameter() -> None:
+    from pruneframe_timm.widths import scale_shape
+    from timm.models.metaformer import Scale
+
+    scale = Scale(16)
+    scale.scale = torch.nn.Parameter(torch.ones(10))
+    scale_shape(scale)
+    assert scale.shape == (10, 1, 1) and scale(torch.randn(1, 10, 3, 3)).shape == (1, 10, 3, 3)
+    flat = Scale(16, use_nchw=False)
+    flat.scale = torch.nn.Parameter(torch.ones(10))
+    scale_shape(flat)
+    assert flat.shape == (10,)
