@@ -228,6 +228,11 @@ def test_calibrate_refuses_bad_batches_and_losses() -> None:
         pruner.calibrate([])
     with pytest.raises(ValueError, match="statistic='max'"):
         ActivationImportance(statistic="max")
+    assert ActivationImportance(p=2).statistic == "l2" and ActivationImportance(p=1).statistic == "mean_abs"
+    with pytest.raises(ValueError, match=r"p=3: ActivationImportance takes p=1 \(mean \|x\|\) or p=2"):
+        ActivationImportance(p=3)
+    with pytest.raises(ValueError, match="were both given"):
+        ActivationImportance(statistic="l2", p=1)
     taylor = tp.pruner.MetaPruner(model, torch.randn(1, 4), TaylorImportance(), ignored_layers=[model[2]])
     with pytest.raises(ValueError, match=r"scalar loss tensor.*shape \(2, 3\)"):
         taylor.calibrate([torch.randn(2, 4)], loss_fn=lambda m, x: m(x))

@@ -58,13 +58,20 @@ class ActivationImportance(PerLayerImportance):
     Collect with ``with imp.compute_importance(model): model(batch)`` (every
     batch run inside counts, over any number of blocks) or
     ``pruner.calibrate(batches)``; ``reset()`` forgets everything. Group
-    reductions and normalisers are those of the other criteria. Layers that
+    reductions and normalisers are those of the other criteria (``p=1`` / ``p=2``
+    are accepted for ``statistic``, as Torch-Pruning spells norms). Layers that
     never ran are left out of a group's score; scoring before any batch ran
     raises ``NotCalibratedError``.
     """
 
     def __init__(self, statistic: str = "mean_abs", group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
-                 target_types: Iterable[type] = DEFAULT_TARGET_TYPES):
+                 target_types: Iterable[type] = DEFAULT_TARGET_TYPES, *, p: float | None = None):
+        if p is not None:  # Torch-Pruning's criteria take a norm exponent: 1 is mean |x|, 2 the RMS
+            if p not in (1, 2) or isinstance(p, bool):
+                raise ValueError(f"p={p!r}: ActivationImportance takes p=1 (mean |x|) or p=2 (RMS), or statistic=...")
+            if statistic != "mean_abs":
+                raise ValueError(f"p={p!r} and statistic={statistic!r} were both given: pass one of them")
+            statistic = "mean_abs" if p == 1 else "l2"
         if statistic not in STATISTICS:
             raise ValueError(f"statistic={statistic!r}: use 'mean_abs' (mean |x|) or 'l2' (sqrt of the mean of x**2)")
         super().__init__(group_reduction, normalizer, target_types)
