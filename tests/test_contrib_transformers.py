@@ -380,8 +380,9 @@ def test_bert_heads_are_exact_but_not_expressible_by_its_config() -> None:
     assert heads["error"] < 1e-9
     assert (heads["heads"], heads["all_head_size"], heads["query"]) == (2, 32, 32)
     assert heads["config"]["num_attention_heads"] == 4 and heads["config"]["intermediate_size"] == 128
-    assert "BertConfig cannot describe these sizes" in heads["marker"]["reason"]
-    assert heads["marker"]["sizes"]["num_attention_heads"] == [2, 2]
+    reason = heads["marker"]["reason"]  # the attention's inner width shrank, and BertConfig ties it to hidden_size
+    assert reason.startswith("BertConfig cannot describe these sizes: bert.encoder.layer.0.attention.")
+    assert "is now 32 while" in reason and "(both follow hidden_size)" in reason
     [message] = heads["load"]["warnings"]
     assert "BertConfig" in message and "pruneframe.state_dict" in message
     assert "mismatch" in heads["load"]["error"]
@@ -518,3 +519,146 @@ def test_with_the_plugin_installed_there_is_no_missing_plugin_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", MissingPluginWarning)
         tp.DependencyGraph().build_dependency(model, example_inputs=TEXT)
+
+
+# --- config inference for families with no family code -------------------------------------------------------------
+def tiny_config(name: str) -> Any:
+    """A 2-layer config of family ``name`` (hidden 64, MLP 128, 4 query / 2 key-value heads, vocabulary 128)."""
+    import transformers
+
+    sizes = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                 bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if name == "Falcon":  # no intermediate_size (ffn_hidden_size, 4 x hidden by default); grouped key/value heads
+        return transformers.FalconConfig(**sizes, new_decoder_architecture=True, num_kv_heads=2)
+    return getattr(transformers, f"{name}Config")(**sizes, intermediate_size=128, num_key_value_heads=2)
+
+
+def family_code_in(model: Any) -> list[str]:
+    from pruneframe_transformers.families import family_of
+
+    return sorted({type(m).__name__ for m in model.modules() if family_of(m) is not None})
+
+
+def allclose_round_trip(model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """save_pretrained + AutoModelForCausalLM.from_pretrained: outputs equal to 1e-5, the config it reloads, the warnings."""
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.save_pretrained(folder)
+        reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        close = bool(torch.allclose(model(**inputs).logits, reloaded(**inputs).logits, atol=1e-5, rtol=0))
+    return {"close": close, "warnings": mismatch_warnings(caught), "config": reloaded.config.to_dict()}
+
+
+def size_fields(config: Any) -> dict[str, Any]:
+    names = ("hidden_size", "intermediate_size", "ffn_hidden_size", "num_attention_heads", "num_key_value_heads", "num_kv_heads",
+             "head_dim")
+    values = config.to_dict() if not isinstance(config, dict) else config
+    return {n: values[n] for n in names if n in values}
+
+
+NO_FAMILY_CODE = ["Mistral", "Qwen3", "Granite", "Starcoder2", "Phi3", "Olmo2", "Gemma", "Gemma2", "Falcon"]
+
+
+@pytest.mark.parametrize("family", NO_FAMILY_CODE)
+def test_config_inference_round_trips_a_family_without_family_code(plugin: Any, family: str) -> None:
+    """MetaPruner 30% (L2, embedding and lm_head kept): the config is inferred from the shapes, and from_pretrained rebuilds it."""
+    model = AutoModelForCausalLM.from_config(tiny_config(family)).eval()
+    before = size_fields(model.config)
+    warned = meta_prune(model, TEXT, pruning_ratio=0.3,
+                        ignored_layers=[model.get_input_embeddings(), model.get_output_embeddings()])
+    after = size_fields(model.config)
+    trip = allclose_round_trip(model, TEXT)
+    assert family_code_in(model) == []  # nothing in families.py serves this family
+    width = "ffn_hidden_size" if family == "Falcon" else "intermediate_size"
+    assert {k: (before[k], v) for k, v in after.items() if before.get(k) != v} == {width: (before[width], before[width] - int(before[width] * 0.3))}
+    assert warned == [] and plugin.check_config(model) == [] and marker(model.config) is None
+    assert trip["close"] and trip["warnings"] == [] and size_fields(trip["config"]) == after
+
+
+@pytest.mark.parametrize(("family", "head_dim_unset"), [("Mistral", False), ("Starcoder2", True), ("Olmo2", True), ("Gemma2", False)])
+def test_config_inference_follows_fewer_heads_of_the_same_width(plugin: Any, family: str, head_dim_unset: bool) -> None:
+    """At 50% one of the two key/value groups goes (with its query heads); the head width stays, and the config says so."""
+    config = tiny_config(family)
+    assert (getattr(config, "head_dim", None) is None) == head_dim_unset
+    model = AutoModelForCausalLM.from_config(config).eval()
+    width = model.model.layers[0].self_attn.head_dim
+    warned = meta_prune(model, TEXT, pruning_ratio=0.5,
+                        ignored_layers=[model.get_input_embeddings(), model.get_output_embeddings()])
+    trip = allclose_round_trip(model, TEXT)
+    heads = [(layer.self_attn.q_proj.out_features // width, layer.self_attn.k_proj.out_features // width)
+             for layer in model.model.layers]
+    assert family_code_in(model) == [] and warned == [] and heads == [(2, 1), (2, 1)]
+    fields_now = size_fields(model.config)
+    assert (fields_now["num_attention_heads"], fields_now["num_key_value_heads"], fields_now["intermediate_size"]) == (2, 1, 64)
+    # the head width is kept (Gemma 2's is 256 by default, independent of hidden_size); written where the config
+    # would otherwise derive hidden_size / heads = 32
+    assert fields_now["head_dim"] == width and plugin.check_config(model) == []
+    assert trip["close"] and trip["warnings"] == [] and size_fields(trip["config"]) == fields_now
+
+
+def test_stored_counts_the_prune_left_stale_follow_the_rebuilt_model_exactly(plugin: Any) -> None:
+    """MistralMLP stores intermediate_size and nothing in families.py updates it: the accepted config's rebuild sets it,
+    and the pruned model still equals the original with the lost connections zeroed (float64)."""
+    error, pruned, _ = check_prune_equivalence(
+        AutoModelForCausalLM.from_config(tiny_config("Mistral")).eval(), TEXT,
+        prune_random(0.5, seed=1, ignored_layers=lambda m: [m.model.embed_tokens, m.lm_head]), forward_fn=logits)
+    mlps = [layer.mlp for layer in pruned.model.layers]
+    assert family_code_in(pruned) == []
+    assert error < 1e-9
+    assert [(m.gate_proj.out_features, m.intermediate_size) for m in mlps] == [(64, 64), (64, 64)]
+    assert pruned.config.intermediate_size == 64 and plugin.check_config(pruned) == []
+
+
+def test_config_inference_refuses_a_non_uniform_prune_and_names_the_layers(plugin: Any) -> None:
+    """Only layer 0's MLP shrinks: no MistralConfig says that; the config is marked, export warns naming both layers."""
+    build = lambda: AutoModelForCausalLM.from_config(tiny_config("Mistral")).eval()  # noqa: E731
+    model = build()
+    graph = tp.DependencyGraph().build_dependency(model, TEXT, forward_fn=logits)
+    graph.get_pruning_group(model.model.layers[0].mlp.gate_proj, tp.prune_linear_out_channels, list(range(64))).prune()
+    load = refused_load(model, AutoModelForCausalLM)
+    same, _ = plan_round_trip(model, TEXT, build)
+    assert family_code_in(model) == []
+    assert model.config.intermediate_size == 128  # still the unpruned model's
+    assert marker(model.config)["sizes"] == {"intermediate_size": [64, 128]}
+    assert "the layers differ (intermediate_size is [64, 128]" in marker(model.config)["reason"]
+    [message] = load["warnings"]
+    assert "model.layers.0.mlp=64" in message and "model.layers.1.mlp=128" in message and "pruneframe.state_dict" in message
+    assert load["error"] is not None and "mismatch" in load["error"]
+    assert same
+
+
+def test_config_inference_refuses_fewer_heads_a_config_derives_the_width_of(plugin: Any) -> None:
+    """GPT-NeoX derives the head width as hidden_size / num_attention_heads: 3 heads of 16 cannot be written."""
+    from transformers import GPTNeoXConfig
+
+    build = lambda: AutoModelForCausalLM.from_config(GPTNeoXConfig(  # noqa: E731
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, bos_token_id=0, eos_token_id=0)).eval()
+    model = build()
+    meta_prune(model, TEXT, pruning_ratio=0.3, ignored_layers=[model.get_input_embeddings(), model.get_output_embeddings()])
+    attention = model.gpt_neox.layers[0].attention
+    load = refused_load(model, AutoModelForCausalLM)
+    same, _ = plan_round_trip(model, TEXT, build)
+    assert (attention.query_key_value.out_features, attention.dense.in_features) == (144, 48)  # 3 heads of 16, q, k and v
+    reason = marker(model.config)["reason"]
+    assert reason.startswith("GPTNeoXConfig cannot describe these sizes: gpt_neox.layers.0.attention.")
+    assert "(both follow hidden_size)" in reason
+    assert model.config.num_attention_heads == 4 and model.config.intermediate_size == 128  # left as they were
+    [message] = load["warnings"]
+    assert "GPTNeoXConfig" in message and "pruneframe.load_state_dict" in message
+    assert "mismatch" in load["error"] and same
+
+
+def test_the_probe_is_cached_per_model_class_and_config(plugin: Any) -> None:
+    """A second prune of a model built from the same config learns nothing again: no meta-device probe builds."""
+    plugin.probe_cache_clear()
+    first = AutoModelForCausalLM.from_config(tiny_config("Mistral")).eval()
+    meta_prune(first, TEXT, pruning_ratio=0.3, ignored_layers=[first.model.embed_tokens, first.lm_head])
+    after_first = plugin.probe_cache_info()
+    second = AutoModelForCausalLM.from_config(tiny_config("Mistral")).eval()
+    meta_prune(second, TEXT, pruning_ratio=0.3, ignored_layers=[second.model.embed_tokens, second.lm_head])
+    after_second = plugin.probe_cache_info()
+    assert after_first.misses == 1 and after_first.size == 1
+    assert after_second.misses == 1 and after_second.hits > after_first.hits
+    assert second.config.intermediate_size == first.config.intermediate_size == 90

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from .config_sync import MARKER, ConfigMismatchWarning, ConfigStatus, check_config, layer_sizes, sync_config
 from .conv1d import Conv1DPruner
+from .probing import ProbeCacheInfo, probe_cache_clear, probe_cache_info
 
 __version__ = "0.1.0"
 
-__all__ = ["MARKER", "ConfigMismatchWarning", "ConfigStatus", "Conv1DPruner", "check_config", "layer_sizes", "sync_config"]
+__all__ = ["MARKER", "ConfigMismatchWarning", "ConfigStatus", "Conv1DPruner", "ProbeCacheInfo", "check_config", "layer_sizes",
+           "probe_cache_clear", "probe_cache_info", "sync_config"]

@@ -1,23 +1,31 @@
 """Keep a pruned Hugging Face model's ``config`` describing it, or say clearly that it cannot.
 
 ``sync_config(model)`` (the fix-up pruneframe runs after every prune and on
-plan replay) reads the sizes every known layer implies from its current weight
-shapes (see ``families``). When every layer agrees, it proposes the config
-update and *verifies* it: the model class is built from the updated config on
-the meta device (no memory, no arithmetic) and must match the pruned model in
-every parameter and buffer shape and every number a submodule stores (head
-counts, head widths, split sizes). Only a verified update is written, so
-``save_pretrained`` + ``from_pretrained`` rebuilds exactly this model.
+plan replay) infers the config from the pruned shapes, for any model class:
 
-When the layers disagree (a non-uniform prune), or the config class has no way
-to say the sizes (BERT and GPT-2 derive the head width from ``hidden_size /
+1. ``probing`` learns, once per model class and config, how each integer size
+   field of the config moves each tensor dimension (meta-device builds);
+2. ``solving`` reads the pruned shapes through that and proposes field values;
+3. the proposal is accepted only if the model class built from it on the meta
+   device matches the pruned model in every parameter and buffer shape and
+   every number a submodule stores. A stored count the prune left stale (an
+   int that still has the value the old config gives, like an MLP's
+   ``intermediate_size`` nothing reads) is set to the rebuilt model's value;
+   any other difference rejects the proposal.
+
+Only a verified update is written, so ``save_pretrained`` + ``from_pretrained``
+rebuilds exactly this model. A field the config leaves unset (``head_dim``) is
+added only when the model needs it.
+
+When the layers were pruned differently, or the config class has no way to say
+the sizes (BERT and GPT-2 derive the head width from ``hidden_size /
 num_attention_heads``, so fewer heads of the same width cannot be written), the
 size fields are left as they are: they still describe the last model they
 described exactly, every prune since then shrank some weight, so
 ``from_pretrained`` on a ``save_pretrained`` copy stops with a size mismatch
 instead of loading a wrong model. The config gets an entry
-``pruneframe_unexpressed`` (saved in ``config.json``) listing the per-layer
-sizes, and exporting the weights (``model.state_dict()``, which
+``pruneframe_unexpressed`` (saved in ``config.json``) with the reason and the
+per-layer sizes, and exporting the weights (``model.state_dict()``, which
 ``save_pretrained`` calls) warns once with a ``ConfigMismatchWarning`` naming
 the layers, pointing to ``pruneframe.state_dict`` / ``pruneframe.load_state_dict``.
 The warning waits for the export because a prune of every layer alike passes
@@ -26,22 +34,17 @@ through non-uniform states between its groups.
 from __future__ import annotations
 
 import copy
-import itertools
-import logging
 import warnings
 import weakref
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import attrs
-import torch
 from torch import nn
 
 from .families import family_of, missing_needs
-
-MARKER = "pruneframe_unexpressed"
-_MISSING = object()
-_SIZE_TYPES = (int, float, bool)
+from .probing import (MARKER, MISSING, Probe, build_on_meta, get_field, probe, set_field, size_attributes,
+                      tensor_shapes)
+from .solving import Inexpressible, Uneven, rows, solve
 
 # per model: the export warnings already given, and the last verification (signature, differences)
 _warned: "weakref.WeakKeyDictionary[nn.Module, set[str]]" = weakref.WeakKeyDictionary()
@@ -58,7 +61,7 @@ class ConfigMismatchWarning(UserWarning):
 class ConfigStatus:
     """What ``sync_config`` found: whether the config now describes the model, what it changed, and what differs.
 
-    ``sizes`` maps each config field to the (module name, value) pairs the layers imply.
+    ``sizes`` maps each config field to the (block name, value) pairs the pruned shapes imply, block by block.
     """
 
     describes_model: bool
@@ -67,23 +70,34 @@ class ConfigStatus:
     reason: str | None
 
 
+@attrs.frozen
+class _Verdict:
+    """How the model built from a proposed config compares with the pruned model."""
+
+    differences: list[str]  # what rejects the proposal
+    stale: list[tuple[str, str, Any]]  # (module name, attribute, rebuilt value): counts the prune left at the old value
+
+
 def layer_sizes(model: nn.Module) -> dict[str, list[tuple[str, int]]]:
-    """Per config field, the value each known layer of ``model`` implies from its weight shapes, in module order."""
-    found: dict[str, list[tuple[str, int]]] = {}
-    for name, module in model.named_modules():
-        family = family_of(module)
-        if family is None or missing_needs(module, family):
-            continue
-        for field, value in family.sizes(module).items():
-            found.setdefault(field, []).append((name, int(value)))
-    return found
+    """Per config field, the value each block of ``model`` (an attention, an MLP, ...) implies from its shapes, in module order."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return {}
+    found = probe(type(model), config)
+    table = rows(found, tensor_shapes(model))
+    result = solve(found, table)
+    if isinstance(result, Uneven):
+        return result.sizes
+    if isinstance(result, Inexpressible):
+        return {}
+    return _per_block(found, table, result[0])
 
 
 def fix_modules(model: nn.Module) -> None:
     """Run every known submodule's fix-up (idempotent): stored head counts and widths follow the weights."""
     for module in model.modules():
         family = family_of(module)
-        if family is not None and family.fixup is not None and not missing_needs(module, family):
+        if family is not None and not missing_needs(module, family):
             family.fixup(module)
 
 
@@ -104,34 +118,50 @@ def sync_config(model: nn.Module) -> ConfigStatus:
         if module is not model and getattr(module, "config", None) is config and hasattr(module, "_from_config"):
             _enclosing[module] = weakref.ref(model)
     fix_modules(model)
-    sizes = layer_sizes(model)
-    uneven = {field: pairs for field, pairs in sizes.items() if len({v for _, v in pairs}) > 1}
-    if uneven:  # (the reason names no modules: a model nested in another one shares its config)
-        listed = "; ".join(f"{field} is {[v for _, v in pairs]}" for field, pairs in uneven.items())
-        return _unexpressed(config, sizes, f"the layers differ ({listed}, layer by layer) and "
-                                           f"{type(config).__name__} holds one value per field")
-    uniform = {field: pairs[0][1] for field, pairs in sizes.items()}
-    changes = {f: v for f, v in uniform.items() if getattr(config, f, _MISSING) is not _MISSING and getattr(config, f) != v}
-    additions = {f: v for f, v in uniform.items() if getattr(config, f, _MISSING) is _MISSING}
-    reason = None
-    for attempt in (changes, {**changes, **additions}):  # a field the config lacks is added only if it is needed
-        if attempt is not changes and not additions:
-            break
-        candidate = copy.deepcopy(config)
-        for field, value in attempt.items():
-            setattr(candidate, field, value)
-        differences = _differences_from(model, candidate)
-        if not differences:
+    try:
+        found = probe(type(model), config)
+    # the model's own constructor or the config's validation, on the config as it is: their message is the answer
+    except Exception as exc:  # noqa: BLE001
+        return _unexpressed(config, {}, f"{type(model).__name__} cannot be built from its config ({type(exc).__name__}: {exc})")
+    table = rows(found, tensor_shapes(model))
+    result = solve(found, table)
+    name = type(config).__name__
+    if isinstance(result, Uneven):  # (the reason names no modules: a model nested in another one shares its config)
+        listed = "; ".join(f"{field} is {[v for _, v in pairs]}" for field, pairs in result.sizes.items())
+        return _unexpressed(config, result.sizes, f"the layers differ ({listed}, layer by layer) and {name} holds one value per field")
+    if isinstance(result, Inexpressible):
+        return _unexpressed(config, {}, f"{name} cannot describe these sizes: {result.why}")
+    best, reason = None, None
+    for values in result:
+        written = {f: v for f, v in values.items() if f not in found.unset or v != found.fields[f]}
+        kept_unset = {f: found.fields[f] for f in found.unset if f not in values}
+        for attempt in (written, {**written, **kept_unset}):  # a field the config leaves unset is added only if it is needed
+            if attempt is not written and not kept_unset:
+                break
+            candidate = copy.deepcopy(config)
             for field, value in attempt.items():
-                setattr(config, field, value)
-            if hasattr(config, MARKER):
-                delattr(config, MARKER)
-            return ConfigStatus(True, attempt, sizes, None)
-        reason = reason or (
-            f"{type(config).__name__} cannot describe these sizes: with "
-            f"{', '.join(f'{k}={v}' for k, v in attempt.items()) or 'its current values'} it builds {differences[0]}"
-        )
-    return _unexpressed(config, sizes, reason or "")
+                set_field(candidate, field, value)
+            verdict = _verify(model, candidate, found)
+            if not verdict.differences:
+                if best is None or len(verdict.stale) < len(best[1].stale):
+                    best = (attempt, verdict, values)
+                break
+            reason = reason or (f"{name} cannot describe these sizes: with "
+                                f"{', '.join(f'{k}={v}' for k, v in attempt.items()) or 'its current values'} "
+                                f"it builds {verdict.differences[0]}")
+        if best is not None and not best[1].stale:
+            break
+    if best is None:
+        return _unexpressed(config, _per_block(found, table, result[0]), reason or "")
+    attempt, verdict, values = best
+    modules = dict(model.named_modules())
+    for module_name, key, value in verdict.stale:
+        setattr(modules[module_name], key, value)
+    for field, value in attempt.items():
+        set_field(config, field, value)
+    if hasattr(config, MARKER):
+        delattr(config, MARKER)
+    return ConfigStatus(True, attempt, _per_block(found, table, values), None)
 
 
 def check_config(model: nn.Module) -> list[str]:
@@ -144,7 +174,7 @@ def check_config(model: nn.Module) -> list[str]:
     config = getattr(model, "config", None)
     if config is None:
         return [f"{type(model).__name__} has no config"]
-    signature = (_shapes(model), config.to_json_string(use_diff=False))
+    signature = (tuple(tensor_shapes(model).items()), config.to_json_string(use_diff=False))
     cached = _checked.get(model)
     if cached is not None and cached[0] == signature:
         return list(cached[1])
@@ -212,58 +242,80 @@ def enclosing_model(model: nn.Module) -> nn.Module | None:
 def _unexpressed(config: Any, sizes: dict[str, list[tuple[str, int]]], reason: str) -> ConfigStatus:
     """Leave the size fields alone and record, in the config, the sizes it cannot hold and why."""
     record = {field: [v for _, v in pairs] for field, pairs in sizes.items()
-              if len({v for _, v in pairs}) > 1 or getattr(config, field, _MISSING) != pairs[0][1]}
+              if len({v for _, v in pairs}) > 1 or get_field(config, field) != pairs[0][1]}
     setattr(config, MARKER, {"reason": reason, "sizes": record,
                              "load_with": "pruneframe.load_state_dict and the pruning plan (pruneframe.state_dict)"})
     return ConfigStatus(False, {}, sizes, reason)
+
+
+def _per_block(found: Probe, table: list[Any], changes: dict[str, int]) -> dict[str, list[tuple[str, int]]]:
+    """Per field, (block, value) for every block with a dimension the field sizes, under the solution ``changes``."""
+    sizes: dict[str, list[tuple[str, int]]] = {}
+    seen = set()
+    for row in table:
+        for field, _ in row.coefficients:
+            if (field, row.block) not in seen:
+                seen.add((field, row.block))
+                sizes.setdefault(field, []).append((row.block, changes.get(field, found.fields[field])))
+    return sizes
 
 
 def _per_layer(pairs: list[tuple[str, int]]) -> str:
     return ", ".join(f"{name or '(model)'}={value}" for name, value in pairs)
 
 
-def _shapes(model: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    tensors = itertools.chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False))
-    return tuple((name, tuple(t.shape)) for name, t in tensors)
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence transformers' logging while a throw-away model is built."""
-    logger = logging.getLogger("transformers")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _verify(model: nn.Module, config: Any, found: Probe) -> _Verdict:
+    """Build ``type(model)`` from ``config`` on the meta device and compare; a count still at the old config's value is stale."""
     try:
-        yield
-    finally:
-        logger.setLevel(level)
+        built = build_on_meta(type(model), config)
+    # a probe: whatever validation or the model's constructor raises means the config cannot rebuild the model, and says why
+    except Exception as exc:  # noqa: BLE001
+        return _Verdict([_unbuildable(model, exc)], [])
+    differences = _shape_differences(model, built)
+    stale = []
+    built_attributes = size_attributes(built)
+    for name, module, other in _common_modules(model, built, differences):
+        before = found.attributes.get(name, {})
+        for key, value, built_value in _attribute_differences(module, built_attributes[name]):
+            if type(value) is int and type(built_value) is int and before.get(key, MISSING) == value:
+                stale.append((name, key, built_value))
+            else:
+                differences.append(f"{name or '(model)'}.{key} = {built_value} where the model has {value}")
+    return _Verdict(differences, stale)
 
 
 def _differences_from(model: nn.Module, config: Any) -> list[str]:
     """Build ``type(model)`` from (a copy of) ``config`` on the meta device; list where it differs from ``model``."""
-    config = copy.deepcopy(config)  # building writes into the config it is given (its dtype, the attention backend)
-    validate = getattr(config, "validate", None)
-    if callable(validate):
-        try:
-            validate()
-        # the strict config's own check (huggingface_hub's errors are not ValueErrors); its message is the answer
-        except Exception as exc:  # noqa: BLE001
-            return [f"a config that fails its own validation ({str(exc).strip().splitlines()[-1].strip()})"]
     try:
-        with torch.device("meta"), _quiet(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            built = type(model)._from_config(config)
-    # a probe: whatever the model's constructor raises means the config cannot rebuild the model, and says why
+        built = build_on_meta(type(model), config)
+    # a probe: whatever validation or the model's constructor raises means the config cannot rebuild the model, and says why
     except Exception as exc:  # noqa: BLE001
-        return [f"no model: {type(model).__name__} cannot be built from it ({type(exc).__name__}: {exc})"]
+        return [_unbuildable(model, exc)]
+    differences = _shape_differences(model, built)
+    built_attributes = size_attributes(built)
+    for name, module, _ in _common_modules(model, built, differences):
+        for key, value, built_value in _attribute_differences(module, built_attributes[name]):
+            differences.append(f"{name or '(model)'}.{key} = {built_value} where the model has {value}")
+    return differences
+
+
+def _unbuildable(model: nn.Module, exc: Exception) -> str:
+    lines = str(exc).strip().splitlines() or [""]
+    return f"no model: {type(model).__name__} cannot be built from it ({type(exc).__name__}: {lines[-1].strip()})"
+
+
+def _shape_differences(model: nn.Module, built: nn.Module) -> list[str]:
     # Sizes are compared where both models have the thing: pruning shrinks tensors, it never adds or removes one,
     # and a part only one side has (a pooler the model was built without) is not something a config field sizes.
-    differences = []
-    actual, expected = dict(_shapes(model)), dict(_shapes(built))
-    for name in sorted(actual.keys() & expected.keys()):
-        if actual[name] != expected[name]:
-            differences.append(f"{name} of shape {expected[name]} where the model has {actual[name]}")
+    actual, expected = tensor_shapes(model), tensor_shapes(built)
+    return [f"{name} of shape {expected[name]} where the model has {actual[name]}"
+            for name in sorted(actual.keys() & expected.keys()) if actual[name] != expected[name]]
+
+
+def _common_modules(model: nn.Module, built: nn.Module, differences: list[str]) -> list[tuple[str, nn.Module, nn.Module]]:
+    """The submodules both models have under one name; a name holding different classes is added to ``differences``."""
     built_modules = dict(built.named_modules())
+    common = []
     for name, module in model.named_modules():
         other = built_modules.get(name)
         if other is None:
@@ -271,10 +323,17 @@ def _differences_from(model: nn.Module, config: Any) -> list[str]:
         if type(other) is not type(module):
             differences.append(f"a {type(other).__name__} at {name or '(model)'} where the model has a {type(module).__name__}")
             continue
-        for key, value in vars(module).items():
-            if key.startswith("_") or key == "training" or type(value) not in _SIZE_TYPES:
-                continue
-            built_value = vars(other).get(key, _MISSING)
-            if built_value is not _MISSING and built_value != value:
-                differences.append(f"{name or '(model)'}.{key} = {built_value} where the model has {value}")
-    return differences
+        common.append((name, module, other))
+    return common
+
+
+def _attribute_differences(module: nn.Module, built: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(attribute, model's value, rebuilt value) for every stored number of ``module`` the rebuilt module holds differently."""
+    out = []
+    for key, value in vars(module).items():
+        if key.startswith("_") or key == "training" or type(value) not in (int, float, bool):
+            continue
+        built_value = built.get(key, MISSING)
+        if built_value is not MISSING and built_value != value:
+            out.append((key, value, built_value))
+    return out

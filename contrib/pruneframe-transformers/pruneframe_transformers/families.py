@@ -1,19 +1,21 @@
-"""What this plugin knows about each Hugging Face module class: its stored sizes and the config fields they map to.
+"""The module classes whose stored sizes must follow their weights even when no config can describe the model.
 
-A *family* entry serves one module class of the installed transformers. It says
+The config is inferred generically (``probing``, ``solving``, ``config_sync``),
+and once a config is accepted every stored count the prune left stale is set
+from the model rebuilt from it. What that cannot cover is a model no config
+describes (layers pruned differently): a size the forward reads (GPT-2's
+``split_size``, the key/value group count of grouped-query attention) must
+still follow the weights, or the model stops running. A *family* entry serves
+one module class of the installed transformers:
 
 - ``fixup(module)``: set the sizes the module stores (head counts, widths,
   split sizes) from its sub-layers' current weight shapes. It raises
   ``ValueError`` when the shapes do not fit together (a width that is not a
   whole number of heads), never guesses; run inside a prune's transaction, the
   error undoes the prune.
-- ``sizes(module)``: the config fields this module's current shapes imply
-  (``{"num_attention_heads": 4, "head_dim": 16, ...}``), read by the config
-  fix-up.
-- ``needs``: the attributes ``fixup`` and ``sizes`` read and write. A module of
-  the class that lacks one (another transformers version laid it out
-  differently) cannot be kept consistent, so the module hint keeps its
-  projections whole.
+- ``needs``: the attributes ``fixup`` reads and writes. A module of the class
+  that lacks one (another transformers version laid it out differently)
+  cannot be kept consistent, so the module hint keeps its projections whole.
 
 Head widths never change here: the models reshape with ``view(..., -1,
 head_dim)``, so the trace lets only the number of heads shrink and ties the
@@ -31,12 +33,11 @@ from torch import nn
 
 @attrs.frozen
 class Family:
-    """One module class: how to keep its stored sizes right and which config fields it implies."""
+    """One module class: how to keep the sizes it stores right after a prune."""
 
     cls: type
     name: str
-    fixup: Callable[[nn.Module], None] | None
-    sizes: Callable[[nn.Module], dict[str, int]]
+    fixup: Callable[[nn.Module], None]
     needs: tuple[str, ...]
     projections: tuple[str, ...]  # the sub-layers a hint keeps whole when ``needs`` is not met
 
@@ -80,10 +81,6 @@ def _gqa_fixup(module: nn.Module) -> None:
         module.num_key_value_heads = kv
 
 
-def _gqa_sizes(module: nn.Module) -> dict[str, int]:
-    q, kv, d = _qkvo_heads(module)
-    return {"num_attention_heads": q, "num_key_value_heads": kv, "head_dim": d, "hidden_size": module.q_proj.in_features}
-
 
 def _vit_fixup(module: nn.Module) -> None:
     q, kv, _ = _qkvo_heads(module)
@@ -91,10 +88,6 @@ def _vit_fixup(module: nn.Module) -> None:
         raise ValueError(f"{type(module).__name__}: {q} query heads but {kv} key/value heads; it has no grouped-query attention")
     module.num_attention_heads = q
 
-
-def _vit_sizes(module: nn.Module) -> dict[str, int]:
-    q, _, d = _qkvo_heads(module)
-    return {"num_attention_heads": q, "head_dim": d, "hidden_size": module.q_proj.in_features}
 
 
 # --- attention: query/key/value and a stored attention_head_size (BERT, older HF ViT) ----------------------------
@@ -108,10 +101,6 @@ def _bert_fixup(module: nn.Module) -> None:
     module.num_attention_heads = _bert_heads(module)
     module.all_head_size = module.query.out_features
 
-
-def _bert_sizes(module: nn.Module) -> dict[str, int]:
-    return {"num_attention_heads": _bert_heads(module), "head_dim": module.attention_head_size,
-            "hidden_size": module.query.in_features}
 
 
 # --- attention: GPT-2's fused c_attn (Conv1D) split into q, k, v with a stored split_size ------------------------
@@ -137,10 +126,6 @@ def _gpt2_fixup(module: nn.Module) -> None:
     module.embed_dim = module.c_proj.nf
 
 
-def _gpt2_sizes(module: nn.Module) -> dict[str, int]:
-    _, heads = _gpt2_heads(module)
-    return {"num_attention_heads": heads, "head_dim": module.head_dim, "hidden_size": module.c_attn.nx}
-
 
 # --- MLPs -----------------------------------------------------------------------------------------------------------
 def _gated_mlp_width(module: nn.Module) -> int:
@@ -153,9 +138,6 @@ def _gated_mlp_fixup(module: nn.Module) -> None:
     module.hidden_size = module.gate_proj.in_features
 
 
-def _gated_mlp_sizes(module: nn.Module) -> dict[str, int]:
-    return {"intermediate_size": _gated_mlp_width(module), "hidden_size": module.gate_proj.in_features}
-
 
 def _decoder_layer_fixup(module: nn.Module) -> None:
     module.hidden_size = module.self_attn.o_proj.out_features
@@ -165,37 +147,29 @@ def _gpt2_model_fixup(module: nn.Module) -> None:
     module.embed_dim = module.wte.embedding_dim
 
 
-# (module of transformers.models, class name, family name, fixup, sizes, needs, projections)
-_TABLE: tuple[tuple[str, str, str, Callable | None, Callable, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("llama.modeling_llama", "LlamaAttention", "llama-attention", _gqa_fixup, _gqa_sizes,
+# (module of transformers.models, class name, family name, fixup, needs, projections)
+_TABLE: tuple[tuple[str, str, str, Callable[[nn.Module], None], tuple[str, ...], tuple[str, ...]], ...] = (
+    ("llama.modeling_llama", "LlamaAttention", "llama-attention", _gqa_fixup,
      ("head_dim", "num_key_value_groups", "q_proj", "k_proj", "v_proj", "o_proj"), ("q_proj", "k_proj", "v_proj", "o_proj")),
-    ("qwen2.modeling_qwen2", "Qwen2Attention", "qwen2-attention", _gqa_fixup, _gqa_sizes,
+    ("qwen2.modeling_qwen2", "Qwen2Attention", "qwen2-attention", _gqa_fixup,
      ("head_dim", "num_key_value_groups", "q_proj", "k_proj", "v_proj", "o_proj"), ("q_proj", "k_proj", "v_proj", "o_proj")),
-    ("vit.modeling_vit", "ViTAttention", "vit-attention", _vit_fixup, _vit_sizes,
+    ("vit.modeling_vit", "ViTAttention", "vit-attention", _vit_fixup,
      ("head_dim", "num_attention_heads", "q_proj", "k_proj", "v_proj", "o_proj"), ("q_proj", "k_proj", "v_proj", "o_proj")),
-    ("vit.modeling_vit", "ViTSelfAttention", "vit-self-attention", _bert_fixup, _bert_sizes,
+    ("vit.modeling_vit", "ViTSelfAttention", "vit-self-attention", _bert_fixup,
      ("attention_head_size", "num_attention_heads", "all_head_size", "query", "key", "value"), ("query", "key", "value")),
-    ("bert.modeling_bert", "BertSelfAttention", "bert-self-attention", _bert_fixup, _bert_sizes,
+    ("bert.modeling_bert", "BertSelfAttention", "bert-self-attention", _bert_fixup,
      ("attention_head_size", "num_attention_heads", "all_head_size", "query", "key", "value"), ("query", "key", "value")),
-    ("gpt2.modeling_gpt2", "GPT2Attention", "gpt2-attention", _gpt2_fixup, _gpt2_sizes,
+    ("gpt2.modeling_gpt2", "GPT2Attention", "gpt2-attention", _gpt2_fixup,
      ("head_dim", "num_heads", "split_size", "embed_dim", "c_attn", "c_proj"), ("c_attn", "c_proj")),
-    ("llama.modeling_llama", "LlamaMLP", "llama-mlp", _gated_mlp_fixup, _gated_mlp_sizes,
+    ("llama.modeling_llama", "LlamaMLP", "llama-mlp", _gated_mlp_fixup,
      ("hidden_size", "intermediate_size", "gate_proj", "up_proj", "down_proj"), ()),
-    ("qwen2.modeling_qwen2", "Qwen2MLP", "qwen2-mlp", _gated_mlp_fixup, _gated_mlp_sizes,
+    ("qwen2.modeling_qwen2", "Qwen2MLP", "qwen2-mlp", _gated_mlp_fixup,
      ("hidden_size", "intermediate_size", "gate_proj", "up_proj", "down_proj"), ()),
-    ("bert.modeling_bert", "BertIntermediate", "bert-intermediate", None,
-     lambda m: {"intermediate_size": m.dense.out_features, "hidden_size": m.dense.in_features}, ("dense",), ()),
-    ("vit.modeling_vit", "ViTMLP", "vit-mlp", None,
-     lambda m: {"intermediate_size": m.fc1.out_features, "hidden_size": m.fc1.in_features}, ("fc1", "fc2"), ()),
-    ("vit.modeling_vit", "ViTIntermediate", "vit-intermediate", None,
-     lambda m: {"intermediate_size": m.dense.out_features, "hidden_size": m.dense.in_features}, ("dense",), ()),
-    ("gpt2.modeling_gpt2", "GPT2MLP", "gpt2-mlp", None,
-     lambda m: {"n_inner": m.c_fc.nf, "hidden_size": m.c_fc.nx}, ("c_fc", "c_proj"), ()),
-    ("llama.modeling_llama", "LlamaDecoderLayer", "llama-decoder-layer", _decoder_layer_fixup, lambda m: {},
+    ("llama.modeling_llama", "LlamaDecoderLayer", "llama-decoder-layer", _decoder_layer_fixup,
      ("hidden_size", "self_attn"), ()),
-    ("qwen2.modeling_qwen2", "Qwen2DecoderLayer", "qwen2-decoder-layer", _decoder_layer_fixup, lambda m: {},
+    ("qwen2.modeling_qwen2", "Qwen2DecoderLayer", "qwen2-decoder-layer", _decoder_layer_fixup,
      ("hidden_size", "self_attn"), ()),
-    ("gpt2.modeling_gpt2", "GPT2Model", "gpt2-model", _gpt2_model_fixup, lambda m: {}, ("embed_dim", "wte"), ()),
+    ("gpt2.modeling_gpt2", "GPT2Model", "gpt2-model", _gpt2_model_fixup, ("embed_dim", "wte"), ()),
 )
 
 
@@ -203,14 +177,14 @@ _TABLE: tuple[tuple[str, str, str, Callable | None, Callable, tuple[str, ...], t
 def families() -> tuple[Family, ...]:
     """The entries whose class exists in the installed transformers (a class it lacks is skipped)."""
     found = []
-    for module_name, class_name, name, fixup, sizes, needs, projections in _TABLE:
+    for module_name, class_name, name, fixup, needs, projections in _TABLE:
         try:
             module = importlib.import_module(f"transformers.models.{module_name}")
         except ImportError:  # a model family this transformers version does not ship
             continue
         cls = getattr(module, class_name, None)
         if isinstance(cls, type):
-            found.append(Family(cls, name, fixup, sizes, needs, projections))
+            found.append(Family(cls, name, fixup, needs, projections))
     return tuple(found)
 
 

@@ -2,9 +2,10 @@
 
 - a layer pruner for ``Conv1D`` (GPT-2's projections), functional names
   ``prune_hf_conv1d_out_channels`` / ``prune_hf_conv1d_in_channels``;
-- fix-ups: attention and MLP modules' stored sizes follow their weights
-  (``families``), and ``model.config`` follows the model where it can say it
-  exactly (``config_sync``);
+- fix-ups: ``model.config`` follows the model of any family where a config
+  can say it exactly, inferred from the shapes and proven by a meta-device
+  rebuild (``config_sync``); the stored sizes of a few module classes follow
+  their weights even where no config can (``families``);
 - a module hint: an attention module of a known class that lacks an attribute
   the fix-ups rely on (another transformers version) keeps its projections
   whole, since nothing would keep its stored sizes right.
@@ -80,8 +81,7 @@ def pruneframe_layer_pruners(register: RegisterLayerPruner) -> None:
 def pruneframe_fixups(register: RegisterFixup) -> None:
     """Register the stored-size fix-ups of every known module class, and the config fix-up of ``PreTrainedModel``."""
     for family in _families():
-        if family.fixup is not None:
-            register([family.cls], _guarded(family), name=family.name)
+        register([family.cls], _guarded(family), name=family.name)
     if PreTrainedModel is not None:
         register([PreTrainedModel], _sync_config, name="hf-config")
 
