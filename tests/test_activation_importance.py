@@ -293,3 +293,14 @@ def test_a_trace_inside_the_block_adds_nothing() -> None:
         model(x)
     with torch.no_grad():
         torch.testing.assert_close(imp.statistics(model[0]), model[0](x).abs().mean(0).double())
+
+
+def test_calibrate_takes_a_generator_of_unknown_length() -> None:
+    model = _mlp(dead=slice(0, 0))
+    xs = [torch.randn(3, 4) for _ in range(4)]
+    imp = ActivationImportance(statistic="l2")
+    pruner = tp.pruner.MetaPruner(model, torch.randn(1, 4), imp, ignored_layers=[model[2]])
+    assert pruner.calibrate((x for x in xs), progress=True) == 4
+    with torch.no_grad():
+        rows = torch.cat([model[0](x) for x in xs]).double()
+    torch.testing.assert_close(imp.statistics(model[0]), rows.square().mean(0).sqrt())

@@ -26,10 +26,10 @@ from torch import nn
 from ..importance import ActivationImportance, HessianImportance, TaylorImportance
 from ..importance.distributed import in_process_group, sum_over_ranks
 from ..progress import bar
-from ..runtime import default_forward, model_run
+from ..runtime import Forward, default_forward, model_run
 
-Forward = Callable[[nn.Module, Any], Any]
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
+_NOTHING = object()
 
 
 def calibrate(pruner: Any, batches: Iterable[Any], forward_fn: Forward | None = None, loss_fn: LossFn | None = None,
@@ -50,7 +50,7 @@ def calibrate(pruner: Any, batches: Iterable[Any], forward_fn: Forward | None = 
     if isinstance(batches, (torch.Tensor, dict)) or not isinstance(batches, Iterable):
         raise TypeError(f"calibrate takes an iterable of batches (a list, a DataLoader), not a {type(batches).__name__}: "
                         "for one batch x, pass [x]")
-    total = len(batches) if hasattr(batches, "__len__") else None
+    total = _length(batches)
     iterator = iter(batches)
     first = next(iterator, _NOTHING)
     if first is _NOTHING:
@@ -67,7 +67,13 @@ def calibrate(pruner: Any, batches: Iterable[Any], forward_fn: Forward | None = 
         return _hessian(importance, model, everything, loss_fn, progress_bar)
 
 
-_NOTHING = object()
+
+def _length(batches: Iterable[Any]) -> int | None:
+    """How many batches there are, for the bar; None when unknown (a generator, a loader over an iterable dataset)."""
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _activations(pruner: Any, model: nn.Module, batches: Iterable[Any], forward: Forward, progress_bar: Any) -> int:
