@@ -69,12 +69,40 @@ def plan(criterion: str, batches: list[Any]) -> dict[str, Any]:
     return {"scores": scores, "shapes": {k: tuple(v.shape) for k, v in model.state_dict().items()}}
 
 
+class Routed(nn.Module):
+    """Two experts; a batch says which one it goes to, so a rank may never run one of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.experts = nn.ModuleList([nn.Linear(3, 4), nn.Linear(3, 4)])
+
+    def forward(self, x: torch.Tensor, expert: int) -> torch.Tensor:
+        return self.experts[expert](x)
+
+
+def _routed_batches() -> list[tuple[torch.Tensor, int]]:
+    generator = torch.Generator().manual_seed(2)
+    return [(torch.randn(3 + k, 3, generator=generator), k % 2) for k in range(4)]  # rank k gets expert k only
+
+
+def expert_statistics(batches: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+    model = Routed()
+    imp = tp.importance.ActivationImportance()
+    with imp.compute_importance(model), torch.no_grad():
+        for x, expert in batches:
+            model(x, expert)
+    return [imp.statistics(expert) for expert in model.experts]
+
+
 def _worker(out: Path) -> None:
     torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     try:
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         mine = _batches()[rank::world]
-        torch.save({c: plan(c, mine) for c in CRITERIA}, out / f"rank{rank}.pt")
+        results: dict[str, Any] = {c: plan(c, mine) for c in CRITERIA}
+        results["experts"] = expert_statistics(_routed_batches()[rank::world])
+        torch.save(results, out / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -104,6 +132,9 @@ def test_two_ranks_on_half_the_batches_each_plan_as_one_process_on_all(tmp_path:
             for root, scores in expected["scores"].items():
                 torch.testing.assert_close(result[criterion]["scores"][root], scores, rtol=0, atol=1e-6)
         assert expected["shapes"] != {k: tuple(v.shape) for k, v in _model().state_dict().items()}  # something was pruned
+    for result in ranks:  # each rank ran one expert only, and knows both afterwards
+        for got, expected in zip(result["experts"], expert_statistics(_routed_batches())):
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
 if __name__ == "__main__":

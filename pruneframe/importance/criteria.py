@@ -329,7 +329,7 @@ class HessianImportance(PerLayerImportance):
                                       "HessianImportance")
         for param, total, count in zip(params, sums, counts):
             if total is not None:
-                self._squares[id(param)] = (param, total.reshape(param.shape).to(param.dtype), int(count))
+                self._squares[id(param)] = (param, total.reshape(param.shape).to(param.device, param.dtype), int(count))
 
     def _curvature(self, tensor: torch.Tensor, channels: LayerChannels, what: str) -> torch.Tensor:
         found = self._squares.get(id(tensor))

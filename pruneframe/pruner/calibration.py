@@ -112,12 +112,12 @@ def _taylor(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn, progress_
             _scalar_loss(loss_fn(model, batch)).backward()
             seen += 1
             progress_bar.update()
-    if in_process_group():
-        with_grad = [p for p in params if p.grad is not None]
-        sums, _ = sum_over_ranks([p.grad.flatten() for p in with_grad], [0.0] * len(with_grad), "TaylorImportance gradients")
-        for p, total in zip(with_grad, sums):
-            assert total is not None
-            p.grad.copy_(total.reshape(p.grad.shape))
+    if in_process_group():  # a parameter without a gradient here (an expert no token reached) may have one elsewhere
+        sums, _ = sum_over_ranks([p.grad.flatten() if p.grad is not None else None for p in params], [0.0] * len(params),
+                                 "TaylorImportance gradients")
+        for p, total in zip(params, sums):
+            if total is not None:
+                p.grad = total.reshape(p.shape).to(p.device, p.dtype)
     return seen
 
 
