@@ -90,14 +90,14 @@ class ActivationImportance(PerLayerImportance):
         """Inside the block, every forward of ``model`` adds to the statistics (Torch-Pruning's spelling)."""
         registry = get_registry(model)
         layers: list[tuple[str, nn.Module, Any]] = []
-        leaves: list[str] = []
+        inside: set[int] = set()  # parts of a layer with a pruner: the graph sees that layer as one node, never its parts
         for name, module in model.named_modules():
-            if any(name.startswith(leaf + ".") for leaf in leaves):
-                continue  # inside a layer with a pruner: the graph sees that layer as one node, never its parts
+            if id(module) in inside:
+                continue
             pruner = registry.layer_pruner(type(module))
             if pruner is None:
                 continue
-            leaves.append(name)
+            inside.update(id(m) for m in module.modules() if m is not module)
             layers.append((name, module, pruner))
         with self.collecting(layers):
             yield self
