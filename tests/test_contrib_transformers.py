@@ -662,3 +662,89 @@ def test_the_probe_is_cached_per_model_class_and_config(plugin: Any) -> None:
     assert after_first.misses == 1 and after_first.size == 1
     assert after_second.misses == 1 and after_second.hits > after_first.hits
     assert second.config.intermediate_size == first.config.intermediate_size == 90
+
+
+def encoder_case(name: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(model class to build and reload with, config, inputs) of a tiny encoder, encoder-decoder or two-tower model."""
+    import transformers as hf
+
+    ids = torch.randint(3, 128, (2, 10))
+    encoder = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                   max_position_embeddings=64)
+    if name == "RoBERTa":
+        return hf.RobertaForSequenceClassification, hf.RobertaConfig(**encoder, pad_token_id=1), {"input_ids": ids}
+    if name == "ELECTRA":
+        return hf.ElectraForSequenceClassification, hf.ElectraConfig(**encoder, embedding_size=64), {"input_ids": ids}
+    if name == "DistilBERT":
+        config = hf.DistilBertConfig(vocab_size=128, dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=64)
+        return hf.DistilBertForSequenceClassification, config, {"input_ids": ids}
+    if name == "T5":
+        config = hf.T5Config(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, decoder_start_token_id=0)
+        return hf.T5ForConditionalGeneration, config, {"input_ids": ids, "decoder_input_ids": ids}
+    if name == "BART":
+        config = hf.BartConfig(vocab_size=128, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                               decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=64)
+        return hf.BartForConditionalGeneration, config, {"input_ids": ids, "decoder_input_ids": ids}
+    assert name == "CLIP"  # a config holding two nested configs
+    tower = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+    config = hf.CLIPConfig(text_config=dict(tower, vocab_size=128, max_position_embeddings=64),
+                           vision_config=dict(tower, image_size=32, patch_size=8), projection_dim=32)
+    return hf.CLIPModel, config, {"input_ids": ids, "pixel_values": torch.randn(2, 3, 32, 32)}
+
+
+def scores(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+    out = model(**inputs)
+    return out.logits if hasattr(out, "logits") else out.logits_per_image
+
+
+MLP_INPUTS = ("fc1", "intermediate.dense", "wi", "lin1")  # the first MLP layer's name in these families
+CHANGED = {"RoBERTa": {"intermediate_size": (128, 90)}, "ELECTRA": {"intermediate_size": (128, 90)},
+           "DistilBERT": {"hidden_dim": (128, 90)}, "T5": {"d_ff": (128, 90)},
+           "BART": {"encoder_ffn_dim": (128, 90), "decoder_ffn_dim": (128, 90)},
+           "CLIP": {"text_config.intermediate_size": (128, 90), "vision_config.intermediate_size": (128, 90)}}
+
+
+@pytest.mark.parametrize("family", list(CHANGED))
+def test_config_inference_follows_mlp_prunes_of_encoders_and_encoder_decoders(plugin: Any, family: str) -> None:
+    """The MLP widths at 30% (every first MLP layer a root): the family's own field names, nested configs included."""
+    from pruneframe_transformers.probing import get_field
+
+    cls, config, inputs = encoder_case(family)
+    before = {name: get_field(config, name) for name in CHANGED[family]}
+    model = cls._from_config(config).eval()
+    roots = {m: 0.3 for n, m in model.named_modules() if n.endswith(MLP_INPUTS)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tp.pruner.MetaPruner(model, inputs, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.0,
+                             pruning_ratio_dict=roots, forward_fn=scores).step()
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings(record=True) as saving:
+        warnings.simplefilter("always")
+        model.save_pretrained(folder)
+        reloaded = cls.from_pretrained(folder).eval()
+    with torch.no_grad():
+        close = bool(torch.allclose(scores(model, inputs), scores(reloaded, inputs), atol=1e-5, rtol=0))
+    assert family_code_in(model) == [] and len(roots) == (4 if family in ("BART", "CLIP", "T5") else 2)
+    assert {name: (before[name], get_field(model.config, name)) for name in CHANGED[family]} == CHANGED[family]
+    assert mismatch_warnings(caught) == [] and mismatch_warnings(saving) == [] and plugin.check_config(model) == []
+    assert {name: get_field(reloaded.config, name) for name in CHANGED[family]} == {n: v for n, (_, v) in CHANGED[family].items()}
+    assert close
+
+
+def test_t5_heads_lose_width_and_d_kv_follows(plugin: Any) -> None:
+    """T5 reshapes with its stored head count, so the trace shrinks every head alike; d_kv and d_ff follow, and it reloads."""
+    cls, config, inputs = encoder_case("T5")
+    model = cls._from_config(config).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tp.pruner.MetaPruner(model, inputs, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.3,
+                             ignored_layers=[model.shared, model.lm_head], forward_fn=scores).step()
+    attention = model.encoder.block[0].layer[0].SelfAttention
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        reloaded = cls.from_pretrained(folder).eval()
+    with torch.no_grad():
+        close = bool(torch.allclose(scores(model, inputs), scores(reloaded, inputs), atol=1e-5, rtol=0))
+    assert mismatch_warnings(caught) == [] and family_code_in(model) == []
+    assert (attention.q.out_features, attention.n_heads, attention.key_value_proj_dim) == (48, 4, 12)
+    assert (model.config.num_heads, model.config.d_kv, model.config.d_ff) == (4, 12, 90) and plugin.check_config(model) == []
+    assert close

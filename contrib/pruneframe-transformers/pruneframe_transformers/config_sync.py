@@ -42,8 +42,8 @@ import attrs
 from torch import nn
 
 from .families import family_of, missing_needs
-from .probing import (MARKER, MISSING, Probe, build_on_meta, get_field, probe, set_field, size_attributes,
-                      tensor_shapes)
+from .probing import (MARKER, MISSING, Probe, build_on_meta, get_field, nested_configs, probe, set_field,
+                      size_attributes, tensor_shapes)
 from .solving import Inexpressible, Uneven, rows, solve
 
 # per model: the export warnings already given, and the last verification (signature, differences)
@@ -104,9 +104,10 @@ def fix_modules(model: nn.Module) -> None:
 def sync_config(model: nn.Module) -> ConfigStatus:
     """Update ``model.config`` to the pruned sizes when it can describe them exactly; otherwise mark it (see the module docstring).
 
-    A model nested in another one that shares its config (``LlamaModel`` in
-    ``LlamaForCausalLM``) is left to the enclosing one, which pruneframe fixes
-    first: built on its own the nested class may differ (a ViTModel gets a pooler).
+    A model nested in another one that shares its config or a config nested in
+    it (``LlamaModel`` in ``LlamaForCausalLM``, CLIP's text model and
+    ``text_config``) is left to the enclosing one, which pruneframe fixes first:
+    built on its own the nested class may differ (a ViTModel gets a pooler).
     """
     config = getattr(model, "config", None)
     if config is None:
@@ -115,7 +116,7 @@ def sync_config(model: nn.Module) -> ConfigStatus:
     if outer is not None:
         return sync_config(outer)
     for module in model.modules():
-        if module is not model and getattr(module, "config", None) is config and hasattr(module, "_from_config"):
+        if module is not model and hasattr(module, "_from_config") and _shares_config(model, module):
             _enclosing[module] = weakref.ref(model)
     fix_modules(model)
     try:
@@ -159,8 +160,9 @@ def sync_config(model: nn.Module) -> ConfigStatus:
         setattr(modules[module_name], key, value)
     for field, value in attempt.items():
         set_field(config, field, value)
-    if hasattr(config, MARKER):
-        delattr(config, MARKER)
+    for part in [config, *(nested for _, nested in nested_configs(config))]:
+        if hasattr(part, MARKER):  # (a nested config is marked when a model nested in this one was checked on its own)
+            delattr(part, MARKER)
     return ConfigStatus(True, attempt, _per_block(found, table, values), None)
 
 
@@ -232,11 +234,19 @@ def enclosing_model(model: nn.Module) -> nn.Module | None:
     """The model ``model`` was last found nested in (sharing its config), if that one still holds it."""
     ref = _enclosing.get(model)
     outer = ref() if ref is not None else None
-    if outer is None or getattr(outer, "config", None) is not getattr(model, "config", None):
+    if outer is None or not _shares_config(outer, model):
         return None
     if not any(sub is model for sub in outer.modules()):
         return None
     return outer
+
+
+def _shares_config(outer: nn.Module, inner: nn.Module) -> bool:
+    """Whether ``inner``'s config is ``outer``'s or one nested in it (a CLIP model's text model and ``text_config``)."""
+    config, own = getattr(outer, "config", None), getattr(inner, "config", None)
+    if config is None or own is None:
+        return False
+    return own is config or any(own is nested for _, nested in nested_configs(config))
 
 
 def _unexpressed(config: Any, sizes: dict[str, list[tuple[str, int]]], reason: str) -> ConfigStatus:

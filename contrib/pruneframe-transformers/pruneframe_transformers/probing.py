@@ -108,7 +108,7 @@ def set_field(config: Any, path: str, value: Any) -> None:
 def candidate_fields(config: Any) -> list[str]:
     """The integer size fields of ``config`` and of its nested configs (one level), by dotted name."""
     found = []
-    for prefix, part in [("", config), *_nested(config)]:
+    for prefix, part in [("", config), *nested_configs(config)]:
         for key in part.to_dict():
             value = getattr(part, key, MISSING)
             if type(value) is int and value > 0 and not _NOT_A_WIDTH.search(key):
@@ -232,7 +232,7 @@ def _shapes_with(model_class: type, config: Any, name: str, value: int) -> Shape
         return None
 
 
-def _nested(config: Any) -> list[tuple[str, Any]]:
+def nested_configs(config: Any) -> list[tuple[str, Any]]:
     """The configs nested in ``config`` (``text_config``, ``vision_config``, ...), with their dotted prefix."""
     from transformers import PretrainedConfig
 
