@@ -359,6 +359,7 @@ def tiny_family(family: str) -> tuple[nn.Module, torch.Tensor]:
     else:
         name, kwargs = {
             "xcit": ("xcit_nano_12_p16_224", {"img_size": 32, "patch_size": 8, "depth": 2, "cls_attn_layers": 1}),
+            "cait": ("cait_xxs24_224", {"img_size": 32, "patch_size": 8, "depth": 2, "depth_token_only": 1}),
             "tnt": ("tnt_s_patch16_224", {"img_size": 32, "depth": 2}),
             "nextvit": ("nextvit_small", {}),
             "nf_regnet": ("nf_regnet_b0", {}),
@@ -385,7 +386,7 @@ def _reasons(pruner: tp.pruner.MetaPruner, suffix: str) -> set[str]:
 
 
 # family -> the least share of parameters MetaPruner 30% removes from tiny_family(family) (measured, less a margin)
-REMOVED_AT_LEAST = {"nest": 0.12, "xcit": 0.18, "tnt": 0.45, "nextvit": 0.23, "poolformer": 0.45, "nf_regnet": 0.43,
+REMOVED_AT_LEAST = {"cait": 0.16, "nest": 0.12, "xcit": 0.18, "tnt": 0.45, "nextvit": 0.23, "poolformer": 0.45, "nf_regnet": 0.43,
                     "res2net": 0.40, "res2next": 0.30, "sk_resnet": 0.12}
 
 
@@ -424,13 +425,14 @@ def test_tnt_head_widths_prune_exactly() -> None:
 
 
 @pytest.mark.parametrize("family,attention", [("nest", "levels.0.transformer_encoder.0.attn"), ("xcit", "blocks.0.attn"),
-                                               ("xcit", "cls_attn_blocks.0.attn"), ("nextvit", "stages.3.blocks.2.e_mhsa")])
+                                               ("xcit", "cls_attn_blocks.0.attn"), ("nextvit", "stages.3.blocks.2.e_mhsa"),
+                                               ("cait", "blocks.0.attn"), ("cait", "blocks_token_only.0.attn")])
 def test_attention_that_reads_its_head_width_from_its_input_stays_whole(family: str, attention: str) -> None:
     model, x = tiny_family(family)
     attn = model.get_submodule(attention)
     def projections() -> dict[str, tuple[int, int]]:
         return {name: (layer.in_features, layer.out_features) for name, layer in attn.named_children()
-                if isinstance(layer, nn.Linear) and name != "proj"}
+                if name in ("qkv", "q", "k", "v")}
 
     before = projections()
     hidden = {name: _out(m.fc1) for name, m in model.named_modules() if isinstance(getattr(m, "fc1", None), (nn.Linear, nn.Conv2d))}
@@ -470,11 +472,11 @@ def test_nf_regnet_convolutions_prune_their_gain(without_timm: Any) -> None:
         model = net()
         gain = model[0].gain.detach().clone()
         graph = tp.DependencyGraph(registry=registry).build_dependency(model, x)
-        graph.get_pruning_group(model[0], tp.prune_conv_out_channels, [1, 6]).prune()
-        try:
+        try:  # without the plugin: refused by the run check, or (where the check does not run) a model that fails
+            graph.get_pruning_group(model[0], tp.prune_conv_out_channels, [1, 6]).prune()
             with torch.no_grad():
                 outcome[label] = list(model(x).shape)
-        except RuntimeError as exc:
+        except (tp.ModelStopsRunningError, RuntimeError) as exc:
             outcome[label] = str(exc)
     assert outcome["with"] == [1, 4, 8, 8] and torch.equal(model[0].gain.detach(), gain[[0, 2, 3, 4, 5, 7]])
     assert "weight should contain 6 elements not 8" in outcome["without"], "the built-in conv pruner leaves gain at 8"

@@ -76,7 +76,7 @@ def pruneframe_module_hints(register: RegisterModuleHint) -> None:
     """Channels to keep where timm's code ties a head width to its input's width."""
     register([AttentionPoolLatent], attention.attention_pool_latent, name="timm-attention-pool-latent")
     register([Attention], attention.attention_merging_to_input_width, name="timm-attention-merged-to-input-width")
-    register([nest.Attention, xcit.XCA, cait.ClassAttn, nextvit.EfficientAttention], attention.heads_tied_to_input_width,
-             name="timm-attention-heads-tied-to-input-width")
+    register([nest.Attention, xcit.XCA, cait.ClassAttn, cait.TalkingHeadAttn, nextvit.EfficientAttention],
+             attention.heads_tied_to_input_width, name="timm-attention-heads-tied-to-input-width")
     register([Bottle2neck], splits.res2net_split, name="timm-res2net-split")
     register([SelectiveKernel], splits.selective_kernel, name="timm-selective-kernel-split")
