@@ -81,13 +81,11 @@ def _gqa_fixup(module: nn.Module) -> None:
         module.num_key_value_heads = kv
 
 
-
 def _vit_fixup(module: nn.Module) -> None:
     q, kv, _ = _qkvo_heads(module)
     if q != kv:
         raise ValueError(f"{type(module).__name__}: {q} query heads but {kv} key/value heads; it has no grouped-query attention")
     module.num_attention_heads = q
-
 
 
 # --- attention: query/key/value and a stored attention_head_size (BERT, older HF ViT) ----------------------------
@@ -100,7 +98,6 @@ def _bert_heads(module: nn.Module) -> int:
 def _bert_fixup(module: nn.Module) -> None:
     module.num_attention_heads = _bert_heads(module)
     module.all_head_size = module.query.out_features
-
 
 
 # --- attention: GPT-2's fused c_attn (Conv1D) split into q, k, v with a stored split_size ------------------------
@@ -126,23 +123,6 @@ def _gpt2_fixup(module: nn.Module) -> None:
     module.embed_dim = module.c_proj.nf
 
 
-
-# --- MLPs -----------------------------------------------------------------------------------------------------------
-def _gated_mlp_width(module: nn.Module) -> int:
-    return _same(module, gate_proj_out=module.gate_proj.out_features, up_proj_out=module.up_proj.out_features,
-                 down_proj_in=module.down_proj.in_features)
-
-
-def _gated_mlp_fixup(module: nn.Module) -> None:
-    module.intermediate_size = _gated_mlp_width(module)
-    module.hidden_size = module.gate_proj.in_features
-
-
-
-def _decoder_layer_fixup(module: nn.Module) -> None:
-    module.hidden_size = module.self_attn.o_proj.out_features
-
-
 def _gpt2_model_fixup(module: nn.Module) -> None:
     module.embed_dim = module.wte.embedding_dim
 
@@ -161,14 +141,6 @@ _TABLE: tuple[tuple[str, str, str, Callable[[nn.Module], None], tuple[str, ...],
      ("attention_head_size", "num_attention_heads", "all_head_size", "query", "key", "value"), ("query", "key", "value")),
     ("gpt2.modeling_gpt2", "GPT2Attention", "gpt2-attention", _gpt2_fixup,
      ("head_dim", "num_heads", "split_size", "embed_dim", "c_attn", "c_proj"), ("c_attn", "c_proj")),
-    ("llama.modeling_llama", "LlamaMLP", "llama-mlp", _gated_mlp_fixup,
-     ("hidden_size", "intermediate_size", "gate_proj", "up_proj", "down_proj"), ()),
-    ("qwen2.modeling_qwen2", "Qwen2MLP", "qwen2-mlp", _gated_mlp_fixup,
-     ("hidden_size", "intermediate_size", "gate_proj", "up_proj", "down_proj"), ()),
-    ("llama.modeling_llama", "LlamaDecoderLayer", "llama-decoder-layer", _decoder_layer_fixup,
-     ("hidden_size", "self_attn"), ()),
-    ("qwen2.modeling_qwen2", "Qwen2DecoderLayer", "qwen2-decoder-layer", _decoder_layer_fixup,
-     ("hidden_size", "self_attn"), ()),
     ("gpt2.modeling_gpt2", "GPT2Model", "gpt2-model", _gpt2_model_fixup, ("embed_dim", "wte"), ()),
 )
 
