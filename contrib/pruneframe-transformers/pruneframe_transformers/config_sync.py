@@ -132,28 +132,9 @@ def sync_config(model: nn.Module) -> ConfigStatus:
         return _unexpressed(config, result.sizes, f"the layers differ ({listed}, layer by layer) and {name} holds one value per field")
     if isinstance(result, Inexpressible):
         return _unexpressed(config, {}, f"{name} cannot describe these sizes: {result.why}")
-    best, reason = None, None
-    for values in result:
-        written = {f: v for f, v in values.items() if f not in found.unset or v != found.fields[f]}
-        kept_unset = {f: found.fields[f] for f in found.unset if f not in values}
-        for attempt in (written, {**written, **kept_unset}):  # a field the config leaves unset is added only if it is needed
-            if attempt is not written and not kept_unset:
-                break
-            candidate = copy.deepcopy(config)
-            for field, value in attempt.items():
-                set_field(candidate, field, value)
-            verdict = _verify(model, candidate, found)
-            if not verdict.differences:
-                if best is None or len(verdict.stale) < len(best[1].stale):
-                    best = (attempt, verdict, values)
-                break
-            reason = reason or (f"{name} cannot describe these sizes: with "
-                                f"{', '.join(f'{k}={v}' for k, v in attempt.items()) or 'its current values'} "
-                                f"it builds {verdict.differences[0]}")
-        if best is not None and not best[1].stale:
-            break
-    if best is None:
-        return _unexpressed(config, _per_block(found, table, result[0]), reason or "")
+    best = _best_proposal(model, config, found, result)
+    if isinstance(best, str):
+        return _unexpressed(config, _per_block(found, table, result[0]), best)
     attempt, verdict, values = best
     modules = dict(model.named_modules())
     for module_name, key, value in verdict.stale:
@@ -164,6 +145,31 @@ def sync_config(model: nn.Module) -> ConfigStatus:
         if hasattr(part, MARKER):  # (a nested config is marked when a model nested in this one was checked on its own)
             delattr(part, MARKER)
     return ConfigStatus(True, attempt, _per_block(found, table, values), None)
+
+
+def _best_proposal(model: nn.Module, config: Any, found: Probe,
+                   solutions: list[dict[str, int]]) -> tuple[dict[str, Any], _Verdict, dict[str, int]] | str:
+    """The verified proposal with the fewest stale counts to set, as (fields to write, verdict, solution); or why none is."""
+    best, reason = None, None
+    for values in solutions:
+        kept_unset = {f: found.fields[f] for f in found.unset if f not in values}
+        for attempt in (values, {**values, **kept_unset}):  # a field the config leaves unset is added only if it is needed
+            if attempt is not values and not kept_unset:
+                break
+            candidate = copy.deepcopy(config)
+            for field, value in attempt.items():
+                set_field(candidate, field, value)
+            verdict = _verify(model, candidate, found)
+            if not verdict.differences:
+                if best is None or len(verdict.stale) < len(best[1].stale):
+                    best = (attempt, verdict, values)
+                break
+            reason = reason or (f"{type(config).__name__} cannot describe these sizes: with "
+                                f"{', '.join(f'{k}={v}' for k, v in attempt.items()) or 'its current values'} "
+                                f"it builds {verdict.differences[0]}")
+        if best is not None and not best[1].stale:
+            break
+    return best if best is not None else reason or ""
 
 
 def check_config(model: nn.Module) -> list[str]:
