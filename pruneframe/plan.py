@@ -58,8 +58,14 @@ def record(model: nn.Module, step: list[dict[str, Any]]) -> None:
 
 
 def forget_last(model: nn.Module) -> None:
-    """Drop the last step of ``model``'s plan (its prune was undone)."""
-    model.__dict__[_ATTRIBUTE].pop()
+    """Drop the last step of ``model``'s plan (its prune was undone).
+
+    When that step was the plan's first, undoing it may already have removed the plan: the prune's snapshot of the
+    model was taken before the plan existed.
+    """
+    steps = model.__dict__.get(_ATTRIBUTE)
+    if steps:
+        steps.pop()
 
 
 def entry_of(node: Any, kind: str, idxs: list[int]) -> dict[str, Any]:

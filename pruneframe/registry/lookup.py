@@ -80,6 +80,13 @@ class Registry:
                 return ResolvedPruner(entry.pruner, entry.plugin)
         return None
 
+    def registered_for(self, module_type: type, customized: Mapping[type, Any] | None = None) -> type | None:
+        """The class of ``module_type``'s MRO its pruner was registered for (``module_type`` itself, or a base), or None."""
+        for cls in module_type.__mro__:
+            if (customized and cls in customized) or cls in self._by_type:
+                return cls
+        return None
+
     def layer_pruner(self, module_type: type, customized: Mapping[type, Any] | None = None) -> Any:
         """The pruner for ``module_type`` (see ``resolve``), or None."""
         found = self.resolve(module_type, customized)

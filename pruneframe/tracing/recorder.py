@@ -9,6 +9,7 @@ handles blocks the channels that reach it.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Sequence
 
@@ -69,6 +70,8 @@ class Recorder(TorchDispatchMode):
         self.real_of = real_of or {}
         self.shapes_only = shapes_only
         self.registry = registry
+        self._undescribed_by_type: dict[type, bool] = {}
+        self._builtin_plugins = {p.name for p in registry.plugins if p.builtin}
         self.leaves = leaves
         self.raw_params = raw_params
         self.param_nodes: dict[int, Node] = {}
@@ -255,6 +258,24 @@ class Recorder(TorchDispatchMode):
                 self.block(ids, reason)
                 self.store[id(u)] = (u, L.constant(u.shape, self.reason_id(reason)))
 
+    def _check_undescribed_tensors(self, node: Node) -> None:
+        """A subclass of a layer type a built-in pruner serves may hold tensors that pruner does not know (timm's
+        ScaledStdConv2d keeps a per-output ``gain``). Prune a shape-only copy of the layer once per class: a tensor
+        sized like the channels that shrinks neither way means the pruner leaves it stale, so every prune of this
+        layer is checked by running the model (and undone if it breaks it) instead of being trusted."""
+        module = node.module
+        if not isinstance(module, nn.Module) or self.registry.registered_for(type(module)) is type(module):
+            return
+        if node.plugin not in self._builtin_plugins:  # only pruners known to have no side effects are tried on a copy
+            return
+        known = self._undescribed_by_type.get(type(module))
+        if known is None:
+            known = self._undescribed_by_type[type(module)] = _leaves_stale_tensors(module, node.pruner)
+        if known:
+            for space in (node.out_space, node.in_space):
+                if space is not None and space.size:
+                    self.sized_by_code(space.ids())
+
     # --- leaf layers ------------------------------------------------------------
     def leaf_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.depth += 1
@@ -322,7 +343,36 @@ class Recorder(TorchDispatchMode):
             for space in (out_space, in_space):
                 self.block(space.ids(), f"{node.name} was called with shapes its pruner does not describe ({mismatch})")
         if first:
+            self._check_undescribed_tensors(node)
             for c in pruner.couplings(module, out_space.size, in_space.size):
                 a = node.space(c.a_space)
                 b = node.space(c.b_space)
                 self.couple(torch.as_tensor(c.a_idxs, dtype=torch.long) + a.base, torch.as_tensor(c.b_idxs, dtype=torch.long) + b.base)
+
+
+def _leaves_stale_tensors(module: nn.Module, pruner: Any) -> bool:
+    """Whether one of ``module``'s own tensors is sized like its channels but shrinks neither when a shape-only copy
+    loses an output channel nor when it loses an input channel. A pruner that cannot run on the copy counts as such."""
+    sizes, shrunk = set(), set()
+    for kind in ("out", "in"):
+        try:
+            n = pruner.get_out_channels(module) if kind == "out" else pruner.get_in_channels(module)
+        except Exception:  # noqa: BLE001 - a pruner that cannot say is checked by running the model instead
+            return True
+        if not n or n < 2:
+            continue
+        sizes.add(n)
+        twin = copy.copy(module)  # its own dicts, tensors on the meta device: no memory, no arithmetic
+        twin.__dict__ = dict(module.__dict__)
+        twin._parameters = {k: None if v is None else nn.Parameter(torch.empty_like(v, device="meta"), v.requires_grad)
+                            for k, v in module._parameters.items()}
+        twin._buffers = {k: None if v is None else torch.empty_like(v, device="meta") for k, v in module._buffers.items()}
+        try:
+            (pruner.prune_out_channels if kind == "out" else pruner.prune_in_channels)(twin, [0])
+        except Exception:  # noqa: BLE001 - as above
+            return True
+        tensors = {**module._parameters, **module._buffers}
+        shrunk |= {k for k, v in [*twin._parameters.items(), *twin._buffers.items()]
+                   if v is not None and tensors.get(k) is not None and tuple(v.shape) != tuple(tensors[k].shape)}
+    return any(v is not None and v.dim() and k not in shrunk and any(n in v.shape for n in sizes)
+               for k, v in {**module._parameters, **module._buffers}.items())
