@@ -97,7 +97,9 @@ def heads_tied_to_input_width(module: nn.Module, hints) -> None:
     """Keep the q/k/v widths and the input width of an attention module whose code ties its heads to its input's width.
 
     NesT's and older timm releases' ``Attention``, XCiT's ``XCA``, CaiT/XCiT's
-    ``ClassAttn``, CaiT's ``TalkingHeadAttn`` and Next-ViT's ``EfficientAttention`` read ``C`` from their
+    ``ClassAttn``, CaiT's ``TalkingHeadAttn``, Next-ViT's ``EfficientAttention``,
+    ConViT's ``GPSA`` / ``MHSA``, CoaT's factorised attention, Twins' and
+    DaViT's attention read ``C`` from their
     input and reshape with ``C // num_heads`` (or a stored ``head_dim``) and
     merge with ``reshape(B, N, C)``: the width of their heads must stay the
     width of the token stream. The two are pruned in different groups, so no

@@ -18,7 +18,7 @@ from timm.layers import norm as _norm
 from timm.layers import norm_act as _norm_act
 from timm.layers.selective_kernel import SelectiveKernel
 from timm.layers.std_conv import ScaledStdConv2d
-from timm.models import cait, nest, nextvit, tnt, xcit
+from timm.models import cait, coat, convit, davit, nest, nextvit, tnt, twins, xcit
 from timm.models.convnext import ConvNeXt
 from timm.models.efficientnet import EfficientNet
 from timm.models.metaformer import Scale
@@ -76,7 +76,9 @@ def pruneframe_module_hints(register: RegisterModuleHint) -> None:
     """Channels to keep where timm's code ties a head width to its input's width."""
     register([AttentionPoolLatent], attention.attention_pool_latent, name="timm-attention-pool-latent")
     register([Attention], attention.attention_merging_to_input_width, name="timm-attention-merged-to-input-width")
-    register([nest.Attention, xcit.XCA, cait.ClassAttn, cait.TalkingHeadAttn, nextvit.EfficientAttention],
+    register([nest.Attention, xcit.XCA, cait.ClassAttn, cait.TalkingHeadAttn, nextvit.EfficientAttention,
+              convit.GPSA, convit.MHSA, coat.FactorAttnConvRelPosEnc, twins.LocallyGroupedAttn, twins.GlobalSubSampleAttn,
+              davit.ChannelAttention, davit.WindowAttention],
              attention.heads_tied_to_input_width, name="timm-attention-heads-tied-to-input-width")
     register([Bottle2neck], splits.res2net_split, name="timm-res2net-split")
     register([SelectiveKernel], splits.selective_kernel, name="timm-selective-kernel-split")

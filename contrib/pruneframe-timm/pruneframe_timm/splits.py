@@ -25,7 +25,7 @@ def res2net_split(block: nn.Module, hints) -> None:
 
 
 def selective_kernel(module: nn.Module, hints) -> None:
-    """Keep what ``SelectiveKernel`` splits by a stored size (its input) and what it sums over the stacked paths (their outputs)."""
+    """Keep what ``SelectiveKernel`` splits by a stored size (its input) and sums over its stacked paths (their outputs)."""
     for path in module.paths:
         conv = getattr(path, "conv", None)
         if not isinstance(conv, nn.Conv2d):
