@@ -1,10 +1,11 @@
-"""Built-in importance criteria, registered by name: magnitude (l1, l2), bn_scale, lamp, fpgm, taylor, hessian, random."""
+"""Built-in importance criteria, registered by name: magnitude (l1, l2), bn_scale, lamp, fpgm, taylor, hessian, activation, random."""
 from __future__ import annotations
 
 import functools
 
 from pruneframe import hookimpl
 from pruneframe.importance import (
+    ActivationImportance,
     BNScaleImportance,
     FPGMImportance,
     HessianImportance,
@@ -25,4 +26,5 @@ def pruneframe_importances(register):
     register("fpgm", FPGMImportance)
     register("taylor", TaylorImportance, aliases=["group_taylor"])
     register("hessian", HessianImportance, aliases=["group_hessian", "obd"])
+    register("activation", ActivationImportance)
     register("random", RandomImportance)

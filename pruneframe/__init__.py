@@ -21,6 +21,7 @@ _NAMES = {
     "BasePruningFunc": "layer_pruner", "ChannelDim": "layer_pruner", "Coupling": "layer_pruner",
     "DeclarativeLayerPruner": "layer_pruner", "LayerPruner": "layer_pruner", "TensorDims": "layer_pruner",
     "load_pruned": "app.model_sources",
+    "ActivationImportance": "importance", "NotCalibratedError": "importance",
     "kept_whole": "app.report", "layer_sizes": "app.report", "layer_table": "app.report", "print_prune_report": "app.report",
     "KeptWhole": "graph",
     "load": "plan", "load_state_dict": "plan", "save": "plan", "state_dict": "plan",
@@ -37,6 +38,7 @@ _MODULE_ALIASES = {"serialization": "plan", "algorithms": "pruner"}  # Torch-Pru
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationImportance",
     "BNScalePruner",
     "BasePruner",
     "BasePruningFunc",
@@ -55,6 +57,7 @@ __all__ = [
     "KeptWhole",
     "Member",
     "MissingPluginWarning",
+    "NotCalibratedError",
     "MetaPruner",
     "ModelStopsRunningError",
     "Node",

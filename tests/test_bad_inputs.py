@@ -195,7 +195,7 @@ CLI_CASES = [
     Case("cli-importance-unknown", lambda e: e.cli("prune", "torchvision:resnet18", "--importance", "nosuch", "--out", "x.pth"),
          SystemExit, ("'nosuch'", "use one of l1, l2")),
     Case("cli-importance-needs-data", lambda e: e.cli("prune", "torchvision:resnet18", "--importance", "taylor", "--out", "x"),
-         SystemExit, ("'taylor' needs gradients", "the Python API")),
+         SystemExit, ("'taylor' needs data", "the Python API")),
     Case("cli-source-unknown", lambda e: e.cli("prune", "foo:bar", "--out", "x.pth"),
          SystemExit, ("unknown source 'foo'", "FILE.py:factory"), builds=True),
     Case("cli-spec-without-source", lambda e: e.cli("prune", "resnet18", "--out", "x.pth"),

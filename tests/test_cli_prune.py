@@ -46,7 +46,7 @@ def test_prune_resnet18_prints_figures_and_saves_a_reloadable_file(tmp_path) -> 
 
 def test_bad_input_gets_a_message_and_exit_2(tmp_path, capsys) -> None:
     out = str(tmp_path / "x.pth")
-    for args, message in [(("nosuch:thing",), "unknown source"), (("torchvision:resnet18", "--importance", "taylor"), "needs gradients"),
+    for args, message in [(("nosuch:thing",), "unknown source"), (("torchvision:resnet18", "--importance", "taylor"), "needs data"),
                           (("torchvision:resnet18", "--importance", "nosuch"), "'nosuch' is not a known importance criterion; use one of l1, l2"),
                           (("torchvision:resnet18", "--ratio", "1.5"), "pruning_ratio=1.5"),
                           (("torchvision:resnet18", "--ignore", "nosuch"), "no such layer")]:

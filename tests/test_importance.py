@@ -24,6 +24,7 @@ import pruneframe
 import pruneframe as tp
 from pruneframe import PluginLoadWarning
 from pruneframe.importance import (
+    ActivationImportance,
     BNScaleImportance,
     FPGMImportance,
     GroupHessianImportance,
@@ -50,6 +51,7 @@ else:
     from importlib_metadata import entry_points
 
 BUILTIN_NAMES = {
+    "activation": ActivationImportance,
     "magnitude": MagnitudeImportance,
     "group_magnitude": MagnitudeImportance,
     "group_norm": MagnitudeImportance,

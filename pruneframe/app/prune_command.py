@@ -73,7 +73,7 @@ def _criterion(name: str) -> Any:
         raise CommandError(f"--importance {name!r} is not a known importance criterion; use one of "
                            f"{', '.join(DATA_FREE)} (the others, {', '.join(n for n in known if n not in DATA_FREE)}, need data)")
     if name not in DATA_FREE:
-        raise CommandError(f"--importance {name!r} needs gradients from data; from the command line "
+        raise CommandError(f"--importance {name!r} needs data (gradients or calibration batches); from the command line "
                            f"use one of {', '.join(DATA_FREE)}, or the Python API (pruneframe.pruner.MetaPruner) for the others")
     try:
         return importance_module.from_name(name)
