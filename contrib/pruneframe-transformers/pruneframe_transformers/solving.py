@@ -99,15 +99,21 @@ def solve(found: Probe, table: list[Row]) -> list[dict[str, int]] | Uneven | Ine
 def _conflict(found: Probe, classes: dict[Coefficients, list[Row]],
               conflicting: dict[Coefficients, list[Row]]) -> Uneven | Inexpressible:
     """Inexpressible if a block disagrees with itself; otherwise the value of each undetermined field in each block."""
+    split = []  # (block, a dimension that moved, one that did not move as much) where a block disagrees with itself
     for members in conflicting.values():
         for block, in_block in itertools.groupby(sorted(members, key=lambda r: r.block), key=lambda r: r.block):
             in_block = list(in_block)
             if len({r.change for r in in_block}) > 1:
                 kept = min(in_block, key=lambda r: abs(r.change))
-                moved = next(r for r in in_block if r.change != kept.change)
-                fields = " and ".join(f for f, _ in kept.coefficients)
-                return Inexpressible(f"{moved.tensor} dimension {moved.dim} is now {moved.size} while {kept.tensor} dimension "
-                                     f"{kept.dim} is {kept.size}, and every config gives the two the same size (both follow {fields})")
+                split.append((block, next(r for r in in_block if r.change != kept.change), kept))
+    if split:
+        _, moved, kept = split[0]
+        fields = " and ".join(f for f, _ in kept.coefficients)
+        others = sorted({block for block, _, _ in split[1:]} - {split[0][0]}, key=_natural)
+        more = f"; likewise in {len(others)} more: {', '.join(others[:4])}{', ...' if len(others) > 4 else ''}" if others else ""
+        return Inexpressible(f"{moved.tensor} dimension {moved.dim} is now {moved.size} while {kept.tensor} dimension "
+                             f"{kept.dim} is {kept.size}, and every config gives the two the same size (both follow {fields})"
+                             f"{more}")
     # fields the agreeing dimensions determine hold everywhere; the rest are solved block by block
     shared = _propagate([(c, members[0].change) for c, members in classes.items() if c and c not in conflicting], {}) or {}
     sizes: dict[str, list[tuple[str, int]]] = {}
