@@ -748,3 +748,29 @@ def test_t5_heads_lose_width_and_d_kv_follows(plugin: Any) -> None:
     assert (attention.q.out_features, attention.n_heads, attention.key_value_proj_dim) == (48, 4, 12)
     assert (model.config.num_heads, model.config.d_kv, model.config.d_ff) == (4, 12, 90) and plugin.check_config(model) == []
     assert close
+
+
+@pytest.mark.parametrize("family", ["Mistral", "Qwen3", "Granite", "Starcoder2", "Phi3", "Olmo2"])
+def test_config_inference_follows_a_hidden_size_prune(plugin: Any, family: str) -> None:
+    """MetaPruner 25% with nothing ignored: the hidden size shrinks through every norm and residual add, and the config follows."""
+    model = AutoModelForCausalLM.from_config(tiny_config(family)).eval()
+    warned = meta_prune(model, TEXT, pruning_ratio=0.25)
+    trip = allclose_round_trip(model, TEXT)
+    assert family_code_in(model) == [] and warned == []
+    assert (model.config.hidden_size, model.config.intermediate_size) == (48, 96) and model.get_input_embeddings().embedding_dim == 48
+    assert plugin.check_config(model) == [] and trip["close"] and trip["warnings"] == []
+    assert size_fields(trip["config"]) == size_fields(model.config)
+
+
+def test_a_stored_scale_the_rebuild_would_change_rejects_the_config(plugin: Any) -> None:
+    """Gemma scales its embeddings by sqrt(hidden_size), a float it stores: the pruned model still multiplies by sqrt(64),
+    a config with hidden_size 48 would build sqrt(48), so the config is marked instead of written."""
+    model = AutoModelForCausalLM.from_config(tiny_config("Gemma")).eval()
+    meta_prune(model, TEXT, pruning_ratio=0.25)
+    load = refused_load(model, AutoModelForCausalLM)
+    reason = marker(model.config)["reason"]
+    assert model.get_input_embeddings().embedding_dim == 48 and model.config.hidden_size == 64
+    assert reason.startswith("GemmaConfig cannot describe these sizes: with hidden_size=48, intermediate_size=96 it builds "
+                             "model.embed_tokens.scalar_embed_scale = 6.928")
+    assert reason.endswith("where the model has 8.0")
+    assert len(load["warnings"]) == 1 and "mismatch" in load["error"]
