@@ -129,7 +129,8 @@ def sync_config(model: nn.Module) -> ConfigStatus:
     name = type(config).__name__
     if isinstance(result, Uneven):  # (the reason names no modules: a model nested in another one shares its config)
         listed = "; ".join(f"{field} is {[v for _, v in pairs]}" for field, pairs in result.sizes.items())
-        return _unexpressed(config, result.sizes, f"the layers differ ({listed}, layer by layer) and {name} holds one value per field")
+        differ = f"the layers differ ({listed}, layer by layer)" if listed else "the layers differ"
+        return _unexpressed(config, result.sizes, f"{differ} and {name} holds one value per field")
     if isinstance(result, Inexpressible):
         return _unexpressed(config, {}, f"{name} cannot describe these sizes: {result.why}")
     best = _best_proposal(model, config, found, result)
