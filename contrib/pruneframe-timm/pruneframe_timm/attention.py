@@ -6,7 +6,10 @@ timm's ``Attention`` (ViT, DeiT and most plain vision transformers) computes
 such a reshape change, so position ``d`` of every head of q, k and v is one
 block: a prune of ``qkv`` shrinks ``head_dim`` in every head at once and never
 changes ``num_heads``. ``num_heads`` is therefore the one stored size taken as
-it is; the rest follows from the weights (``attention_sizes``).
+it is; the rest follows from the weights (``attention_sizes``, which serves
+TNT's ``qk`` / ``v`` attention too). Attention whose code reads its head
+width from its input's width cannot be kept consistent by any fix-up; a hint
+keeps it whole (``heads_tied_to_input_width``).
 
 Scale: ``scale`` keeps its original value, ``original_head_dim ** -0.5``. The
 pruned model then computes exactly what the original computes with the pruned
@@ -99,10 +102,10 @@ def heads_tied_to_input_width(module: nn.Module, hints) -> None:
     NesT's and older timm releases' ``Attention``, XCiT's ``XCA``, CaiT/XCiT's
     ``ClassAttn``, CaiT's ``TalkingHeadAttn``, Next-ViT's ``EfficientAttention``,
     ConViT's ``GPSA`` / ``MHSA``, CoaT's factorised attention, Twins' and
-    DaViT's attention read ``C`` from their
-    input and reshape with ``C // num_heads`` (or a stored ``head_dim``) and
-    merge with ``reshape(B, N, C)``: the width of their heads must stay the
-    width of the token stream. The two are pruned in different groups, so no
+    DaViT's attention read ``C`` from their input, reshape with
+    ``C // num_heads`` (or a stored ``head_dim``) and merge with
+    ``reshape(B, N, C)``: the width of their heads must stay the width of the
+    token stream. The two are pruned in different groups, so no
     fix-up can keep them equal; both stay (the MLPs around them still prune).
     """
     reason = (f"{type(module).__name__} reads its head width from the width of its input (reshape with C // num_heads, "
