@@ -530,6 +530,8 @@ def tiny_config(name: str) -> Any:
                  bos_token_id=0, eos_token_id=0, pad_token_id=0)
     if name == "Falcon":  # no intermediate_size (ffn_hidden_size, 4 x hidden by default); grouped key/value heads
         return transformers.FalconConfig(**sizes, new_decoder_architecture=True, num_kv_heads=2)
+    if name == "OPT":  # ffn_dim; no grouped key/value heads
+        return transformers.OPTConfig(**sizes, ffn_dim=128, word_embed_proj_dim=64)
     return getattr(transformers, f"{name}Config")(**sizes, intermediate_size=128, num_key_value_heads=2)
 
 
@@ -551,13 +553,13 @@ def allclose_round_trip(model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def size_fields(config: Any) -> dict[str, Any]:
-    names = ("hidden_size", "intermediate_size", "ffn_hidden_size", "num_attention_heads", "num_key_value_heads", "num_kv_heads",
-             "head_dim")
+    names = ("hidden_size", "intermediate_size", "ffn_hidden_size", "ffn_dim", "num_attention_heads", "num_key_value_heads",
+             "num_kv_heads", "head_dim")
     values = config.to_dict() if not isinstance(config, dict) else config
     return {n: values[n] for n in names if n in values}
 
 
-NO_FAMILY_CODE = ["Mistral", "Qwen3", "Granite", "Starcoder2", "Phi3", "Olmo2", "Gemma", "Gemma2", "Falcon"]
+NO_FAMILY_CODE = ["Mistral", "Qwen3", "Granite", "Starcoder2", "Phi3", "Olmo2", "Gemma", "Gemma2", "Falcon", "StableLm", "OPT"]
 
 
 @pytest.mark.parametrize("family", NO_FAMILY_CODE)
@@ -570,7 +572,7 @@ def test_config_inference_round_trips_a_family_without_family_code(plugin: Any, 
     after = size_fields(model.config)
     trip = allclose_round_trip(model, TEXT)
     assert family_code_in(model) == []  # nothing in families.py serves this family
-    width = "ffn_hidden_size" if family == "Falcon" else "intermediate_size"
+    width = {"Falcon": "ffn_hidden_size", "OPT": "ffn_dim"}.get(family, "intermediate_size")
     assert {k: (before[k], v) for k, v in after.items() if before.get(k) != v} == {width: (before[width], before[width] - int(before[width] * 0.3))}
     assert warned == [] and plugin.check_config(model) == [] and marker(model.config) is None
     assert trip["close"] and trip["warnings"] == [] and size_fields(trip["config"]) == after
