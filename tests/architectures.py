@@ -507,3 +507,17 @@ class SortNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c(torch.relu(self.b(torch.sort(self.a(x), dim=3).values)))
+
+
+class AttentionBlock(nn.Module):
+    """An embedding, one ``nn.MultiheadAttention`` (16 wide, 4 heads) with a residual, and a head: 6 -> 3 features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        return self.head(self.attn(h, h, h, need_weights=False)[0] + h)

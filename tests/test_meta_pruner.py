@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 
 import pruneframe as tp
+from architectures import AttentionBlock
 
 
 def root_l2(group) -> torch.Tensor:
@@ -219,19 +220,8 @@ def test_real_criteria_drive_the_pruner() -> None:
 def test_multihead_attention_heads_declared_on_a_member_prune_whole_heads() -> None:
     """num_heads on an nn.MultiheadAttention that is not the group's root: whole heads go, by head_pruning_ratio."""
 
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Linear(6, 16)
-            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
-            self.head = nn.Linear(16, 3)
-
-        def forward(self, x):
-            h = self.embed(x)
-            return self.head(self.attn(h, h, h, need_weights=False)[0] + h)
-
     torch.manual_seed(0)
-    model = Block().eval()
+    model = AttentionBlock().eval()
     x = torch.randn(2, 5, 6)
     with torch.no_grad():
         model.embed.weight[8:12].mul_(0.01)  # the channels of head 2 are the weakest

@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 import pruneframe as tp
-from architectures import SortNet
+from architectures import AttentionBlock, SortNet
 from pruneframe.app.report import (
     CHOSE_NONE,
     UNTOUCHED,
@@ -207,18 +207,7 @@ def test_tiny_llama_table_and_kept_sides() -> None:
 
 
 def test_num_heads_of_multihead_attention() -> None:
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Linear(6, 16)
-            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
-            self.head = nn.Linear(16, 3)
-
-        def forward(self, x):
-            h = self.embed(x)
-            return self.head(self.attn(h, h, h, need_weights=False)[0] + h)
-
-    model = Block().eval()
+    model = AttentionBlock().eval()
     snapshot = layer_sizes(model)
     pruner = tp.pruner.MetaPruner(model, torch.randn(2, 5, 6), tp.importance.MagnitudeImportance(), num_heads={model.attn: 4},
                                   prune_num_heads=True, head_pruning_ratio=0.5, pruning_ratio=0.9)
