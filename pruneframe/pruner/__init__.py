@@ -14,7 +14,8 @@ from .. import function, importance
 from ..function import PrunerBox
 from ..layer_pruner import BasePruningFunc, DeclarativeLayerPruner, LayerPruner
 from .growing_reg import GrowingRegPruner
-from .meta_pruner import MetaPruner, linear_scheduler
+from .arguments import linear_scheduler
+from .meta_pruner import MetaPruner
 from .sparse_training import BNScalePruner, GroupNormPruner
 from .targets import ratio_for_target
 

@@ -33,10 +33,10 @@ from torch import nn
 
 from ..graph import Group
 from ..importance import UnscorableGroupError
-from .sparse_training import _add_grad, _Regularized
+from .sparse_training import add_penalty_grad, RegularizedPruner
 
 
-class GrowingRegPruner(_Regularized):
+class GrowingRegPruner(RegularizedPruner):
     """MetaPruner with per-channel L2 penalties that grow fastest for the least important channels."""
 
     def __init__(self, model: nn.Module, example_inputs: Any, importance: Callable[[Group], torch.Tensor],
@@ -96,7 +96,7 @@ class GrowingRegPruner(_Regularized):
                     params.append(b)
             if terms:
                 unique = list({id(p): p for p in params}.values())
-                _add_grad(0.5 * torch.stack([t.float() for t in terms]).sum(), unique)
+                add_penalty_grad(0.5 * torch.stack([t.float() for t in terms]).sum(), unique)
 
 
 __all__ = ["GrowingRegPruner"]

@@ -22,23 +22,18 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-import attrs
-
 from ..errors import ModelStopsRunningError, PruningError
 from ..graph import DependencyGraph, Group
 from ..importance import NothingToReadError, UnscorableGroupError
 from ..progress import bar
+from ..registry import get_registry
 from ..runtime import heap_frozen
-from ..utils import count_ops_and_params
 from ..wrappers import unwrap
 from . import calibration, targets
+from .arguments import (check_arguments, check_layers_of, linear_scheduler, parameter_pairs, ratio_dict_schedules, schedule,
+                        with_whole_heads_variants)
 from .selection import Candidate, Limits, choose_ranked, first_key_per_root, join_blocks, select
-from ..registry import get_registry
-
-
-def linear_scheduler(pruning_ratio: float, steps: int) -> list[float]:
-    """Ratios after each of ``steps`` steps growing linearly to ``pruning_ratio``, starting from 0 (``steps + 1`` values)."""
-    return [pruning_ratio * i / steps for i in range(steps + 1)]
+from .target_steps import TargetSteps
 
 
 DEFAULT_ROOTS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.rnn.RNNBase)
@@ -58,7 +53,7 @@ class _HeadsTiedError(Exception):
     """Whole heads were asked for, but the traced ties join every head of the group into one block."""
 
 
-class MetaPruner:
+class MetaPruner(TargetSteps):
     """Prune ``model`` with ``importance`` to ``pruning_ratio`` of its channels, in ``iterative_steps`` steps.
 
     Arguments follow Torch-Pruning's ``MetaPruner`` (``BasePruner``); see the module docstring for how
@@ -111,24 +106,11 @@ class MetaPruner:
         if ch_sparsity_dict is not None:
             warnings.warn("ch_sparsity_dict is deprecated: use pruning_ratio_dict", DeprecationWarning, stacklevel=2)
             pruning_ratio_dict = ch_sparsity_dict
-        _check_ratio("pruning_ratio", pruning_ratio)
-        _check_ratio("max_pruning_ratio", max_pruning_ratio, allow_one=True)
-        _check_ratio("head_pruning_ratio", head_pruning_ratio)
-        if not isinstance(iterative_steps, int) or iterative_steps < 1:
-            raise ValueError(f"iterative_steps={iterative_steps!r}: it must be a positive int")
-        if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
-            raise ValueError(f"round_to={round_to!r}: it must be a positive int or None")
-        if not callable(importance):
-            raise TypeError(f"importance must be callable (group -> scores), not {type(importance).__name__}")
-        if (target_macs is not None or target_params is not None) and not isinstance(pruning_ratio, _DefaultRatio):
-            raise ValueError(f"pruning_ratio={pruning_ratio!r} and a target (target_macs / target_params) were both given: "
-                             "the target decides the ratio; pass one of them")
-        for name, value in (("target_macs", target_macs), ("target_params", target_params)):
-            if value is not None:
-                targets.parse_count(value, name)  # a malformed target is refused before anything is run
+        check_arguments(pruning_ratio, max_pruning_ratio, head_pruning_ratio, iterative_steps, round_to, importance,
+                        target_macs, target_params, ratio_is_default=isinstance(pruning_ratio, _DefaultRatio))
 
         model = unwrap(model, pruning=True)  # torch.compile / DataParallel: prune the module they hold
-        _check_layers_of(model, ignored_layers, pruning_ratio_dict, num_heads)
+        check_layers_of(model, ignored_layers, pruning_ratio_dict, num_heads)
         self.model = model
         self.example_inputs = example_inputs
         self.importance = importance
@@ -157,40 +139,19 @@ class MetaPruner:
         if target_macs is not None or target_params is not None:
             self.target = self._resolve_target(target_macs, target_params)
 
-        self.per_step_pruning_ratio = _schedule(iterative_pruning_ratio_scheduler, pruning_ratio, iterative_steps)
-        self.per_step_head_pruning_ratio = _schedule(iterative_pruning_ratio_scheduler, head_pruning_ratio, iterative_steps)
-        # pruning_ratio_dict: a module, or a tuple of modules ranked together as one scope. A block (a module with
-        # submodules) gives its ratio to every layer inside it; those are ranked together only with global pruning,
-        # each layer on its own otherwise (as in Torch-Pruning). Later entries win.
-        self.pruning_ratio_dict: dict[nn.Module, list[float]] = {}
-        self._layer_scope: dict[nn.Module, str] = {}
-        for k, (key, ratio) in enumerate((pruning_ratio_dict or {}).items()):
-            _check_ratio(f"pruning_ratio_dict[{_layer_label(model, key)}]", ratio)
-            modules = key if isinstance(key, (tuple, list)) else (key,)
-            scope = f"ratio-dict-{k}"
-            for m in modules:
-                if not isinstance(m, nn.Module):
-                    raise TypeError(f"pruning_ratio_dict keys are modules or tuples of modules, not {type(m).__name__}")
-                for layer in m.modules():
-                    self.pruning_ratio_dict[layer] = _schedule(iterative_pruning_ratio_scheduler, ratio, iterative_steps)
-                    if layer is m or global_pruning:
-                        self._layer_scope[layer] = scope
-                    else:
-                        self._layer_scope.pop(layer, None)
+        self.per_step_pruning_ratio = schedule(iterative_pruning_ratio_scheduler, pruning_ratio, iterative_steps)
+        self.per_step_head_pruning_ratio = schedule(iterative_pruning_ratio_scheduler, head_pruning_ratio, iterative_steps)
+        self.pruning_ratio_dict, self._layer_scope = ratio_dict_schedules(
+            model, pruning_ratio_dict, iterative_pruning_ratio_scheduler, iterative_steps, global_pruning)
         self.head_pruning_ratio_dict = {
-            m: _schedule(iterative_pruning_ratio_scheduler, r, iterative_steps) for m, r in (head_pruning_ratio_dict or {}).items()
+            m: schedule(iterative_pruning_ratio_scheduler, r, iterative_steps) for m, r in (head_pruning_ratio_dict or {}).items()
         }
 
         customized_pruners = dict(customized_pruners or {})
         if prune_num_heads:  # a layer pruner that ties head positions by default may offer a whole-heads variant
-            registry = get_registry(model)
-            for module in self.num_heads:
-                pruner = customized_pruners.get(type(module)) or registry.layer_pruner(type(module))
-                variant = getattr(pruner, "with_whole_heads", None)
-                if variant is not None and type(module) not in customized_pruners:
-                    customized_pruners[type(module)] = variant()
+            customized_pruners = with_whole_heads_variants(model, self.num_heads, customized_pruners)
         self._customized_pruners = customized_pruners
-        self._unwrapped_parameters = _parameter_pairs(unwrapped_parameters)
+        self._unwrapped_parameters = parameter_pairs(unwrapped_parameters)
         with bar("tracing the model", total=1, enabled=progress) as tracing:
             self.DG = DependencyGraph().build_dependency(
                 model, example_inputs, forward_fn=forward_fn, output_transform=output_transform,
@@ -242,17 +203,6 @@ class MetaPruner:
         See ``pruneframe.pruner.calibration``.
         """
         return calibration.calibrate(self, batches, forward_fn=forward_fn, loss_fn=loss_fn, progress=progress)
-
-    def search_target_ratio(self) -> targets.TargetResult:
-        """The ratio the next step would use to reach its share of the target, and what it gives; nothing is pruned."""
-        if self.target is None:
-            raise ValueError("search_target_ratio needs a target: MetaPruner(..., target_macs=... or target_params=...)")
-        self.current_step += 1
-        try:
-            candidates = self._step_candidates()
-            return self._search(candidates)
-        finally:
-            self.current_step -= 1
 
     def _interactive_groups(self) -> Iterator[Group]:
         yield from self._groups_of(self._plan_step())
@@ -386,80 +336,6 @@ class MetaPruner:
                 continue
             yield group
 
-    # --- targets: MACs / parameter budgets --------------------------------------------------
-    def _resolve_target(self, target_macs: Any, target_params: Any) -> targets.Target:
-        """The budgets as counts, checked against the model's counts before anything is traced."""
-        try:
-            macs, params = count_ops_and_params(self.model, self.example_inputs, forward_fn=self.forward_fn)[:2]
-        except ValueError as exc:
-            raise ValueError(f"a target needs the model's MACs before pruning: {exc}") from exc
-        targets.check_shape_only(self.model, self.example_inputs, self.forward_fn, (macs, params))
-        if target_macs is not None and macs == 0:
-            raise targets.TargetError(f"target_macs={target_macs!r}: the model does no counted multiply-accumulates "
-                                      "(convolutions, matrix products, attention); use target_params or pruning_ratio")
-        return targets.Target(
-            None if target_macs is None else targets.absolute_target(target_macs, macs, "target_macs", "MACs"),
-            None if target_params is None else targets.absolute_target(target_params, params, "target_params", "parameters"),
-            macs, params)
-
-    def _step_target(self) -> targets.Target:
-        """This step's share of the target: the scheduler's shape, from the original counts to the final budget."""
-        assert self.target is not None
-        shape = _schedule(self.scheduler, 1.0, self.iterative_steps)
-        progress = shape[self.current_step] / shape[-1] if shape[-1] > 0 else self.current_step / self.iterative_steps
-        return self.target.at_step(min(max(progress, 0.0), 1.0))
-
-    def _with_ratio(self, candidates: list[tuple[Candidate, bool]], ratio: float, lower: float,
-                    split: int) -> list[tuple[Candidate, bool]]:
-        """The candidates with the first ``split`` model-wide ones at ``ratio`` and the other model-wide ones at ``lower``."""
-        out, k = [], 0
-        for c, model_wide in candidates:
-            if model_wide:
-                c = attrs.evolve(c, ratio=ratio if k < split else lower)
-                k += 1
-            out.append((c, model_wide))
-        return out
-
-    def _search(self, candidates: list[tuple[Candidate, bool]]) -> targets.TargetResult:
-        """The smallest ratio whose prune of a shape twin meets this step's target (the real model is not touched)."""
-        target = self._step_target()
-        with bar("tracing a shape-only copy", total=1, enabled=self.progress) as tracing:
-            twin = targets.ShapeTwin(self.model, self.example_inputs, self.forward_fn, self.output_transform,
-                                     self._unwrapped_parameters, self._customized_pruners)
-            tracing.update()
-        counted: dict[bytes, tuple[int, int]] = {}
-
-        def measure(ratio: float, lower: float, split: int) -> tuple[int, int]:
-            chosen = self._choose([c for c, _ in self._with_ratio(candidates, ratio, lower, split)])
-            key = b"|".join(traced.numpy().tobytes() for _, _, _, traced in chosen)
-            if key not in counted:  # a ratio that selects what another did prunes the same: count it once
-                with twin.trial():
-                    for group in self._groups_of(twin.translate(chosen), twin.graph):
-                        group.prune()
-                    counted[key] = twin.count()
-            return counted[key]
-
-        high = min(self.max_pruning_ratio, 0.999)
-        with bar("searching the ratio", enabled=self.progress, unit="trial") as searching:
-            def shown(ratio: float, macs: int, params: int) -> None:
-                searching.set_postfix_str(f"ratio {ratio:.4f}: MACs {targets.format_count(macs)}, "
-                                          f"parameters {targets.format_count(params)}")
-                searching.update()
-
-            layers = sum(model_wide for _, model_wide in candidates)
-            found = targets.search_ratio(measure, target, min(self._target_ratio, high), high, layers, on_probe=shown)
-        return attrs.evolve(found, probes=len(counted))
-
-    def _check_target_reached(self) -> None:
-        """Count the pruned model; if a group had to stay whole the step may miss its target: say so."""
-        assert self.target_result is not None
-        macs, params = count_ops_and_params(self.model, self.example_inputs, forward_fn=self.forward_fn)[:2]
-        self.target_result = attrs.evolve(self.target_result, macs=macs, params=params)
-        if not self.target_result.met:
-            warnings.warn(f"step {self.current_step} missed its target ({self.target_result.target.describe()}): it reached "
-                          f"MACs {targets.format_count(macs)} and parameters {targets.format_count(params)}, because groups "
-                          "were left whole (see the warnings above)", stacklevel=3)
-
     def _all_groups(self) -> list[Group]:
         return list(self.DG.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=self.root_module_types))
 
@@ -562,66 +438,3 @@ class MetaPruner:
         if self.global_pruning:
             return "global"
         return f"local:{name}"
-
-
-def _short(obj: Any) -> str:
-    text = repr(obj).splitlines()[0]
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _layer_label(model: nn.Module, key: Any) -> str:
-    """How a message names a layer (or a tuple of layers) of ``model``: by its name in the model."""
-    names = {id(m): n or "(model)" for n, m in model.named_modules()}
-    keys = key if isinstance(key, (tuple, list)) else (key,)
-    labels = [names.get(id(k), _short(k)) for k in keys]
-    return labels[0] if len(labels) == 1 and not isinstance(key, (tuple, list)) else f"({', '.join(labels)})"
-
-
-def _check_layers_of(model: nn.Module, ignored_layers: Any, pruning_ratio_dict: Any, num_heads: Any) -> None:
-    """Layers given to the pruner must be modules of ``model`` (the trace would not meet any other): checked before it runs."""
-    names = {id(m): n or "(model)" for n, m in model.named_modules()}
-    parameters = {id(p) for p in model.parameters()}
-
-    def check(what: str, layer: Any, allow_parameters: bool = False) -> None:
-        if isinstance(layer, str):
-            raise TypeError(f"{what} takes the layers themselves, not their names: pass model.{layer} instead of {layer!r}")
-        if allow_parameters and isinstance(layer, torch.Tensor):
-            if id(layer) not in parameters:
-                raise ValueError(f"{what}: a tensor of shape {tuple(layer.shape)} is not a parameter of this model")
-            return
-        if not isinstance(layer, nn.Module):
-            raise TypeError(f"{what} takes nn.Module layers of the model, not {type(layer).__name__} ({_short(layer)})")
-        if id(layer) not in names:
-            raise ValueError(f"{what}: {_short(layer)} is not a layer of this model (a copy, or another model's?); "
-                             "pass the model's own module, e.g. model.fc")
-
-    for layer in ignored_layers or ():
-        check("ignored_layers", layer, allow_parameters=True)
-    for key in pruning_ratio_dict or {}:
-        for layer in key if isinstance(key, (tuple, list)) else (key,):
-            check("pruning_ratio_dict", layer)
-    for layer, heads in (num_heads or {}).items():
-        check("num_heads", layer)
-        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
-            raise ValueError(f"num_heads[{names[id(layer)]}]={heads!r}: the number of heads must be a positive int")
-
-
-def _schedule(scheduler: Callable[[float, int], Sequence[float]], ratio: float, steps: int) -> list[float]:
-    values = list(scheduler(ratio, steps))
-    if len(values) != steps + 1:
-        raise ValueError(f"the pruning ratio scheduler gave {len(values)} ratios for {steps} steps; it must give steps + 1, from 0")
-    return [float(v) for v in values]
-
-
-def _check_ratio(name: str, value: Any, allow_one: bool = False) -> None:
-    if not isinstance(value, (int, float)) or not (0.0 <= value < 1.0 or (allow_one and value == 1.0)):
-        raise ValueError(f"{name}={value!r}: it must be a number in [0, 1{']' if allow_one else ')'}")
-
-
-def _parameter_pairs(unwrapped: Any) -> list[tuple[nn.Parameter, int]] | None:
-    """Torch-Pruning takes a dict {parameter: dim} or a list of (parameter, dim) pairs."""
-    if unwrapped is None:
-        return None
-    if isinstance(unwrapped, dict):
-        return list(unwrapped.items())
-    return list(unwrapped)

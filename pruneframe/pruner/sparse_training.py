@@ -26,7 +26,7 @@ from .meta_pruner import MetaPruner
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 
 
-class _Regularized(MetaPruner):
+class RegularizedPruner(MetaPruner):
     """Shared plumbing: the groups the penalty covers, refreshed by ``update_regularizer``."""
 
     def __init__(self, *args: Any, reg: float = 1e-5, **kwargs: Any):
@@ -49,7 +49,8 @@ class _Regularized(MetaPruner):
         return parts
 
 
-def _add_grad(penalty: torch.Tensor, params: list[nn.Parameter]) -> None:
+def add_penalty_grad(penalty: torch.Tensor, params: list[nn.Parameter]) -> None:
+    """Add the gradient of ``penalty`` to each parameter's ``.grad`` (setting it where there is none yet)."""
     grads = torch.autograd.grad(penalty, params, allow_unused=True)
     for p, g in zip(params, grads):
         if g is None:
@@ -57,7 +58,7 @@ def _add_grad(penalty: torch.Tensor, params: list[nn.Parameter]) -> None:
         p.grad = g.detach().clone() if p.grad is None else p.grad + g.detach()
 
 
-class BNScalePruner(_Regularized):
+class BNScalePruner(RegularizedPruner):
     """Network slimming: L1 (or, with ``group_lasso``, group-L2) on batch-norm scales, then MetaPruner's pruning."""
 
     def __init__(self, *args: Any, reg: float = 1e-5, group_lasso: bool = False, **kwargs: Any):
@@ -84,10 +85,10 @@ class BNScalePruner(_Regularized):
             for channels, member in norms:
                 rows = channels.rows_live(channels.layer.weight).float().pow(2).sum(1)
                 squares = squares.index_add(0, member.root_pos, rows[member.member_pos])
-            _add_grad(reg * squares.clamp_min(1e-12).sqrt().sum(), params)
+            add_penalty_grad(reg * squares.clamp_min(1e-12).sqrt().sum(), params)
 
 
-class GroupNormPruner(_Regularized):
+class GroupNormPruner(RegularizedPruner):
     """Group lasso over every weight of a channel's group, weaker channels pushed up to ``alpha`` times harder."""
 
     def __init__(self, *args: Any, reg: float = 1e-4, alpha: float = 4.0, **kwargs: Any):
@@ -117,4 +118,4 @@ class GroupNormPruner(_Regularized):
                 spread = norms.max() - norms.min()
                 scale = alpha ** ((norms.max() - norms) / spread) if float(spread) > 0 else torch.ones_like(norms)
             unique = list({id(p): p for p in params}.values())
-            _add_grad(self.reg * (scale * norms).sum(), unique)
+            add_penalty_grad(self.reg * (scale * norms).sum(), unique)

@@ -1,0 +1,134 @@
+"""MetaPruner's arguments: the default ratio scheduler, and the checks and conversions run before anything is traced."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..registry import get_registry
+from . import targets
+
+
+def linear_scheduler(pruning_ratio: float, steps: int) -> list[float]:
+    """Ratios after each of ``steps`` steps growing linearly to ``pruning_ratio``, starting from 0 (``steps + 1`` values)."""
+    return [pruning_ratio * i / steps for i in range(steps + 1)]
+
+
+def short_repr(obj: Any) -> str:
+    text = repr(obj).splitlines()[0]
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def layer_label(model: nn.Module, key: Any) -> str:
+    """How a message names a layer (or a tuple of layers) of ``model``: by its name in the model."""
+    names = {id(m): n or "(model)" for n, m in model.named_modules()}
+    keys = key if isinstance(key, (tuple, list)) else (key,)
+    labels = [names.get(id(k), short_repr(k)) for k in keys]
+    return labels[0] if len(labels) == 1 and not isinstance(key, (tuple, list)) else f"({', '.join(labels)})"
+
+
+def check_layers_of(model: nn.Module, ignored_layers: Any, pruning_ratio_dict: Any, num_heads: Any) -> None:
+    """Layers given to the pruner must be modules of ``model`` (the trace would not meet any other): checked before it runs."""
+    names = {id(m): n or "(model)" for n, m in model.named_modules()}
+    parameters = {id(p) for p in model.parameters()}
+
+    def check(what: str, layer: Any, allow_parameters: bool = False) -> None:
+        if isinstance(layer, str):
+            raise TypeError(f"{what} takes the layers themselves, not their names: pass model.{layer} instead of {layer!r}")
+        if allow_parameters and isinstance(layer, torch.Tensor):
+            if id(layer) not in parameters:
+                raise ValueError(f"{what}: a tensor of shape {tuple(layer.shape)} is not a parameter of this model")
+            return
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"{what} takes nn.Module layers of the model, not {type(layer).__name__} ({short_repr(layer)})")
+        if id(layer) not in names:
+            raise ValueError(f"{what}: {short_repr(layer)} is not a layer of this model (a copy, or another model's?); "
+                             "pass the model's own module, e.g. model.fc")
+
+    for layer in ignored_layers or ():
+        check("ignored_layers", layer, allow_parameters=True)
+    for key in pruning_ratio_dict or {}:
+        for layer in key if isinstance(key, (tuple, list)) else (key,):
+            check("pruning_ratio_dict", layer)
+    for layer, heads in (num_heads or {}).items():
+        check("num_heads", layer)
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+            raise ValueError(f"num_heads[{names[id(layer)]}]={heads!r}: the number of heads must be a positive int")
+
+
+def schedule(scheduler: Callable[[float, int], Sequence[float]], ratio: float, steps: int) -> list[float]:
+    values = list(scheduler(ratio, steps))
+    if len(values) != steps + 1:
+        raise ValueError(f"the pruning ratio scheduler gave {len(values)} ratios for {steps} steps; it must give steps + 1, from 0")
+    return [float(v) for v in values]
+
+
+def check_ratio(name: str, value: Any, allow_one: bool = False) -> None:
+    if not isinstance(value, (int, float)) or not (0.0 <= value < 1.0 or (allow_one and value == 1.0)):
+        raise ValueError(f"{name}={value!r}: it must be a number in [0, 1{']' if allow_one else ')'}")
+
+
+def parameter_pairs(unwrapped: Any) -> list[tuple[nn.Parameter, int]] | None:
+    """Torch-Pruning takes a dict {parameter: dim} or a list of (parameter, dim) pairs."""
+    if unwrapped is None:
+        return None
+    if isinstance(unwrapped, dict):
+        return list(unwrapped.items())
+    return list(unwrapped)
+
+
+def check_arguments(pruning_ratio: Any, max_pruning_ratio: Any, head_pruning_ratio: Any, iterative_steps: Any, round_to: Any,
+                    importance: Any, target_macs: Any, target_params: Any, ratio_is_default: bool) -> None:
+    """The arguments that can be checked alone, each named with its value when it is wrong."""
+    check_ratio("pruning_ratio", pruning_ratio)
+    check_ratio("max_pruning_ratio", max_pruning_ratio, allow_one=True)
+    check_ratio("head_pruning_ratio", head_pruning_ratio)
+    if not isinstance(iterative_steps, int) or iterative_steps < 1:
+        raise ValueError(f"iterative_steps={iterative_steps!r}: it must be a positive int")
+    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f"round_to={round_to!r}: it must be a positive int or None")
+    if not callable(importance):
+        raise TypeError(f"importance must be callable (group -> scores), not {type(importance).__name__}")
+    if (target_macs is not None or target_params is not None) and not ratio_is_default:
+        raise ValueError(f"pruning_ratio={pruning_ratio!r} and a target (target_macs / target_params) were both given: "
+                         "the target decides the ratio; pass one of them")
+    for name, value in (("target_macs", target_macs), ("target_params", target_params)):
+        if value is not None:
+            targets.parse_count(value, name)  # a malformed target is refused before anything is run
+
+
+def ratio_dict_schedules(model: nn.Module, pruning_ratio_dict: Any, scheduler: Callable[[float, int], Sequence[float]],
+                         steps: int, global_pruning: bool) -> tuple[dict[nn.Module, list[float]], dict[nn.Module, str]]:
+    """Per layer, its ratio schedule and ranking scope from ``pruning_ratio_dict``.
+
+    A key is a module, or a tuple of modules ranked together as one scope. A block (a module with submodules)
+    gives its ratio to every layer inside it; those are ranked together only with global pruning, each layer on
+    its own otherwise (as in Torch-Pruning). Later entries win.
+    """
+    ratios: dict[nn.Module, list[float]] = {}
+    scopes: dict[nn.Module, str] = {}
+    for k, (key, ratio) in enumerate((pruning_ratio_dict or {}).items()):
+        check_ratio(f"pruning_ratio_dict[{layer_label(model, key)}]", ratio)
+        for m in key if isinstance(key, (tuple, list)) else (key,):
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"pruning_ratio_dict keys are modules or tuples of modules, not {type(m).__name__}")
+            for layer in m.modules():
+                ratios[layer] = schedule(scheduler, ratio, steps)
+                if layer is m or global_pruning:
+                    scopes[layer] = f"ratio-dict-{k}"
+                else:
+                    scopes.pop(layer, None)
+    return ratios, scopes
+
+
+def with_whole_heads_variants(model: nn.Module, num_heads: dict[nn.Module, int], customized: dict[type, Any]) -> dict[type, Any]:
+    """``customized`` plus, for each layer with declared heads whose pruner offers one, its whole-heads variant."""
+    registry = get_registry(model)
+    out = dict(customized)
+    for module in num_heads:
+        pruner = out.get(type(module)) or registry.layer_pruner(type(module))
+        variant = getattr(pruner, "with_whole_heads", None)
+        if variant is not None and type(module) not in out:
+            out[type(module)] = variant()
+    return out
