@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import pruneframe as tp
+from architectures import AttentionBlock
 from pruneframe.importance import ActivationImportance, HessianImportance, NotCalibratedError, TaylorImportance
 
 
@@ -259,19 +260,8 @@ def test_statistics_from_before_a_prune_are_refused_until_collected_again() -> N
 def test_a_silent_attention_head_goes_first() -> None:
     """num_heads on an nn.MultiheadAttention fed by a Linear whose head-2 channels never fire: head 2 goes."""
 
-    class Block(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = nn.Linear(6, 16)
-            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
-            self.head = nn.Linear(16, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = self.embed(x)
-            return self.head(self.attn(h, h, h, need_weights=False)[0] + h)
-
     torch.manual_seed(0)
-    model = Block().eval()
+    model = AttentionBlock().eval()
     with torch.no_grad():
         model.embed.weight[8:12] = 0
         model.embed.bias[8:12] = 0
