@@ -263,6 +263,35 @@ def test_a_group_exposes_its_coupling_as_public_records() -> None:
         group.members()
 
 
+class HeadDimsTied(nn.Module):
+    """A softmax over each head's 4 dims ties dim j of head 0 to dim j of head 1: blocks of several root indices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x).view(-1, 2, 4).softmax(-1).flatten(1))
+
+
+def test_members_of_tied_blocks_move_values_like_their_channel_root_pairs() -> None:
+    """Member.to_roots / from_roots / covered_roots work per block, and agree with summing over every (channel, root) pair."""
+    model = HeadDimsTied()
+    DG = tp.DependencyGraph().build_dependency(model, torch.randn(2, 4))
+    group = DG.get_pruning_group(model.a, tp.prune_linear_out_channels, idxs=[0, 4, 1, 5])
+    assert group.root_idxs == [0, 1, 4, 5] and group.root_block_labels().tolist() == [0, 1, 0, 1]
+    member = group.members()[1]
+    assert member.layer is model.b and member.blocks == 2 and member.member_block.tolist() == [0, 1, 0, 1]
+    pairs = sorted(zip(member.member_pos.tolist(), member.root_pos.tolist()))
+    assert pairs == [(m, r) for m in range(4) for r in range(4) if m % 2 == r % 2]  # channel 0 goes with roots 0 and 4, ...
+    values = torch.tensor([1.0, 10.0, 100.0, 1000.0])
+    by_pairs = torch.zeros(4).index_add_(0, member.root_pos, values[member.member_pos])
+    assert member.to_roots(values).tolist() == by_pairs.tolist() == [101.0, 1010.0, 101.0, 1010.0]
+    assert member.from_roots(values).tolist() == [101.0, 1010.0, 101.0, 1010.0]
+    assert member.from_roots(values, mean=True).tolist() == [50.5, 505.0, 50.5, 505.0]
+    assert member.covered_roots().all() and member.first_channel_per_root().tolist() == [0, 1, 0, 1]
+
+
 def test_a_graph_build_leaves_the_collector_as_it_was() -> None:
     """The heap is frozen for the build (collections skip old objects) and unfrozen after, also when the build fails."""
     import gc

@@ -77,17 +77,22 @@ class GroupItem(NamedTuple):
 class Member:
     """One layer's share of a group, as importance criteria and pruners read it.
 
-    Channel ``idxs[member_pos[k]]`` of ``node``'s ``space`` (current indices,
-    sorted) goes when root index ``root_idxs[root_pos[k]]`` of the group does;
-    a channel several root indices remove (through a ``flatten``) appears once
-    per root index.
+    The group's root indices fall into blocks that go together (one block per
+    root index unless the trace ties several, as in a head). Channel
+    ``idxs[m]`` of ``node``'s ``space`` (current indices, sorted) belongs to
+    block ``member_block[m]``, root index ``root_idxs[r]`` to ``root_block[r]``;
+    the channel goes when any root index of its block does. ``to_roots`` and
+    ``from_roots`` move values between the two sides in O(channels + roots);
+    ``member_pos`` / ``root_pos`` list every (channel, root index) pair, which
+    for wide tied blocks is quadratic.
     """
 
     node: Node
     space: Space
     idxs: torch.Tensor
-    member_pos: torch.Tensor
-    root_pos: torch.Tensor
+    member_block: torch.Tensor
+    root_block: torch.Tensor
+    blocks: int
 
     @property
     def kind(self) -> str:
@@ -96,6 +101,50 @@ class Member:
     @property
     def layer(self) -> Any:
         return self.node.module
+
+    def to_roots(self, values: torch.Tensor) -> torch.Tensor:
+        """Per root index, the sum of ``values`` (one per channel) over the channels of its block."""
+        block = self.member_block.to(values.device)
+        sums = torch.zeros((self.blocks, *values.shape[1:]), dtype=values.dtype, device=values.device).index_add_(0, block, values)
+        return sums[self.root_block.to(values.device)]
+
+    def covered_roots(self) -> torch.Tensor:
+        """Per root index, whether this layer has a channel in its block."""
+        return (torch.bincount(self.member_block, minlength=self.blocks) > 0)[self.root_block]
+
+    def from_roots(self, values: torch.Tensor, mean: bool = False) -> torch.Tensor:
+        """Per channel, the sum (or ``mean``) of ``values`` (one per root index) over the root indices of its block."""
+        block = self.root_block.to(values.device)
+        sums = torch.zeros((self.blocks, *values.shape[1:]), dtype=values.dtype, device=values.device).index_add_(0, block, values)
+        if mean:
+            counts = torch.bincount(self.root_block, minlength=self.blocks).clamp(min=1).to(values.device, values.dtype)
+            sums = sums / counts.reshape(-1, *[1] * (values.dim() - 1))
+        return sums[self.member_block.to(values.device)]
+
+    def first_channel_per_root(self) -> torch.Tensor:
+        """Per root index, the position in ``idxs`` of the first channel of its block (-1 where there is none)."""
+        m = self.member_block.numel()
+        first = torch.full((self.blocks,), m, dtype=torch.long).scatter_reduce_(0, self.member_block, torch.arange(m), "amin")
+        return torch.where(first < m, first, torch.full_like(first, -1))[self.root_block]
+
+    @property
+    def member_pos(self) -> torch.Tensor:
+        """Every pair's channel position (pairs ordered by channel, then root index)."""
+        return self._pairs()[0]
+
+    @property
+    def root_pos(self) -> torch.Tensor:
+        """Every pair's root position (see ``member_pos``)."""
+        return self._pairs()[1]
+
+    def _pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        order = torch.argsort(self.root_block, stable=True)
+        per_block = torch.bincount(self.root_block, minlength=self.blocks)
+        start = torch.cumsum(per_block, 0) - per_block
+        counts = per_block[self.member_block]
+        member_pos = torch.repeat_interleave(torch.arange(self.member_block.numel()), counts)
+        within = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        return member_pos, order[torch.repeat_interleave(start[self.member_block], counts) + within]
 
 
 @attrs.frozen

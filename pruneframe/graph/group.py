@@ -15,18 +15,6 @@ if TYPE_CHECKING:
 STALE = "the group is older than a prune, so its indices no longer name the same channels. Get it again from the graph."
 
 
-def _match(member: torch.Tensor, root: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All pairs (m, r) with ``member[m] == root[r]``, and how many roots each member matched."""
-    order = torch.argsort(root, stable=True)
-    ordered = root[order]
-    lo = torch.searchsorted(ordered, member, side="left")
-    counts = torch.searchsorted(ordered, member, side="right") - lo
-    member_pos = torch.repeat_interleave(torch.arange(member.numel()), counts)
-    first = torch.repeat_interleave(lo, counts)
-    within = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    return member_pos, order[first + within], counts
-
-
 class Group:
     """Every (dependency, indices) that must be pruned together.
 
@@ -107,15 +95,18 @@ class Group:
                 raise ValueError(f"{dep.target.name}: {STALE}")
         if self._members is None:
             root_labels = self._coupling.roots(self.root_space, torch.as_tensor(self.root_idxs, dtype=torch.long))
+            block_labels, root_block = torch.unique(root_labels, return_inverse=True)
             members = []
             for dep, idxs in self._items:
                 space = dep.index_mapping.target
                 index = torch.as_tensor(list(idxs), dtype=torch.long)
-                member_pos, root_pos, counts = _match(self._coupling.roots(space, index), root_labels)
-                if bool((counts == 0).any()):
-                    raise ValueError(f"channels {index[counts == 0].tolist()} of {dep.target.name} are tied to none of the "
+                labels = self._coupling.roots(space, index)
+                block = torch.searchsorted(block_labels, labels).clamp(max=max(block_labels.numel() - 1, 0))
+                unmatched = block_labels[block] != labels if block_labels.numel() else torch.ones_like(labels, dtype=torch.bool)
+                if bool(unmatched.any()):
+                    raise ValueError(f"channels {index[unmatched].tolist()} of {dep.target.name} are tied to none of the "
                                      f"group's root indices: {STALE}")
-                members.append(Member(dep.target, space, index, member_pos, root_pos))
+                members.append(Member(dep.target, space, index, block, root_block, block_labels.numel()))
             self._members = members
         return list(self._members)
 

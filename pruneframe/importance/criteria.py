@@ -129,10 +129,8 @@ class PerLayerImportance(Importance):
                 )
             device = rows[0].device if rows else local.device
             local = local.to(device)
-            row = torch.zeros(n, dtype=local.dtype, device=device)
-            row.index_add_(0, member.root_pos.to(device), local[member.member_pos.to(device)])
-            covered = torch.zeros(n, dtype=torch.bool, device=device)
-            covered[member.root_pos.to(device)] = True
+            row = member.to_roots(local)
+            covered = member.covered_roots().to(device)
             rows.append(row)
             covers.append(covered)
         if not rows:

@@ -83,9 +83,7 @@ class GrowingRegPruner(RegularizedPruner):
             terms: list[torch.Tensor] = []
             for channels, member in self._parts(group):
                 # a channel removed by several root indices (rare) takes the mean of their coefficients
-                n, pos = len(member.idxs), member.member_pos
-                counts = torch.zeros(n).index_add_(0, pos, torch.ones(len(pos)))
-                coef = torch.zeros(n).index_add_(0, pos, gamma[member.root_pos]) / counts.clamp(min=1)
+                coef = member.from_roots(gamma, mean=True)
                 weight = channels.weight
                 coef = coef.to(device=weight.device, dtype=weight.dtype)
                 terms.append((coef[:, None] * channels.rows_live(weight).pow(2)).sum())

@@ -32,7 +32,7 @@ from ..wrappers import unwrap
 from . import calibration, targets
 from .arguments import (check_arguments, check_layers_of, linear_scheduler, parameter_pairs, ratio_dict_schedules, schedule,
                         with_whole_heads_variants)
-from .selection import Candidate, Limits, choose_ranked, first_key_per_root, join_blocks, select
+from .selection import Candidate, Limits, choose_ranked, join_blocks, select
 from .target_steps import TargetSteps
 
 
@@ -417,8 +417,9 @@ class MetaPruner(TargetSteps):
                     raise ValueError(f"{member.node.name} has {width} output channels, which {parts} "
                                      f"{'heads' if module in self.num_heads else 'channel groups'} do not divide")
                 size = width // parts
-                channel = member.idxs[member.member_pos]
-                keys.append(first_key_per_root(labels.numel(), member.root_pos, (channel // size) if whole else (channel % size)))
+                first = member.first_channel_per_root()
+                channel = member.idxs[first.clamp(min=0)]
+                keys.append(torch.where(first >= 0, (channel // size) if whole else (channel % size), -1))
         if keys:
             labels = join_blocks(labels, keys)
         if heads_mode and int(labels.max()) == 0:  # the trace ties channels of different heads: every head goes or none

@@ -94,12 +94,6 @@ def choose_ranked(members: list[Candidate], limits: Limits) -> list[tuple[Candid
     return result
 
 
-def first_key_per_root(n: int, root_pos: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Per root index, the key of the first of its channels (-1 for a root index with none)."""
-    first = torch.full((n,), keys.numel(), dtype=torch.long).scatter_reduce_(0, root_pos, torch.arange(keys.numel()), "amin")
-    return torch.where(first < keys.numel(), torch.cat([keys, keys.new_full((1,), -1)])[first], torch.full_like(first, -1))
-
-
 def join_blocks(labels: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
     """Blocks of ``labels`` joined wherever two root indices share a key of ``keys`` (-1 shares nothing), renumbered from 0."""
     n = labels.numel()

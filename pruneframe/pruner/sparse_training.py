@@ -84,7 +84,7 @@ class BNScalePruner(RegularizedPruner):
             squares = torch.zeros(n, dtype=torch.float32)
             for channels, member in norms:
                 rows = channels.rows_live(channels.layer.weight).float().pow(2).sum(1)
-                squares = squares.index_add(0, member.root_pos, rows[member.member_pos])
+                squares = squares + member.to_roots(rows)
             add_penalty_grad(reg * squares.clamp_min(1e-12).sqrt().sum(), params)
 
 
@@ -111,7 +111,7 @@ class GroupNormPruner(RegularizedPruner):
                 if bias and channels.bias is not None:
                     rows = rows + channels.bias[channels.idxs].float().pow(2)
                     params.append(channels.bias)
-                squares = squares.index_add(0, member.root_pos, rows[member.member_pos])
+                squares = squares + member.to_roots(rows)
                 params.append(channels.weight)
             norms = squares.clamp_min(1e-12).sqrt()
             with torch.no_grad():  # the weakest channel of the group gets alpha times the push of the strongest
