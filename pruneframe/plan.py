@@ -84,6 +84,11 @@ def get_plan(model: nn.Module) -> dict[str, Any]:
     return {"format": FORMAT, "version": VERSION, "steps": copy.deepcopy(steps)}
 
 
+def plan_steps(model: nn.Module) -> tuple[list[dict[str, Any]], ...]:
+    """The steps of ``model``'s plan as they are, not copied: cheap to read often, and not to be changed."""
+    return tuple(unwrap(model).__dict__.get(_ATTRIBUTE, ()))
+
+
 def plan_to_json(plan_or_model: dict[str, Any] | nn.Module, path: str | None = None) -> str:
     """The plan as JSON text (written to ``path`` too, if given)."""
     plan = get_plan(plan_or_model) if isinstance(plan_or_model, nn.Module) else plan_or_model
@@ -374,5 +379,5 @@ def _checked(plan: Any) -> dict[str, Any]:
     return plan
 
 
-__all__ = ["apply_plan", "entry_of", "get_plan", "load", "load_state_dict", "plan_from_json", "plan_to_json", "record", "save",
+__all__ = ["apply_plan", "entry_of", "get_plan", "load", "load_state_dict", "plan_from_json", "plan_steps", "plan_to_json", "record", "save",
            "state_dict"]
