@@ -38,6 +38,7 @@ from typing import Any
 
 from ..registry import UnknownImportanceError, get_registry
 from .activation import ActivationImportance, NotCalibratedError
+from .block_influence import BlockInfluenceImportance
 from .channels import LayerChannels, read_channels
 from .criteria import (
     DEFAULT_TARGET_TYPES,
@@ -57,6 +58,7 @@ from .criteria import (
     TaylorImportance,
     UnscorableGroupError,
 )
+from .experts import RouterMassImportance, expert_magnitude
 from .reductions import GROUP_REDUCTIONS, NORMALIZERS, Normalizer
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "NORMALIZERS",
     "Normalizer",
     "BNScaleImportance",
+    "BlockInfluenceImportance",
     "FPGMImportance",
     "GroupHessianImportance",
     "GroupMagnitudeImportance",
@@ -80,9 +83,11 @@ __all__ = [
     "NothingToReadError",
     "PerLayerImportance",
     "RandomImportance",
+    "RouterMassImportance",
     "TaylorImportance",
     "UnknownImportanceError",
     "UnscorableGroupError",
+    "expert_magnitude",
     "from_name",
     "read_channels",
 ]

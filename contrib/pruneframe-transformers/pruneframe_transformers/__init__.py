@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from .config_sync import MARKER, ConfigMismatchWarning, ConfigStatus, check_config, layer_sizes, sync_config
 from .conv1d import Conv1DPruner
+from .experts import MoeLayer, moe_layers, prune_expert_widths, prune_experts, router_modules
 from .probing import ProbeCacheInfo, probe_cache_clear, probe_cache_info
 
 __version__ = "0.1.0"
 
-__all__ = ["MARKER", "ConfigMismatchWarning", "ConfigStatus", "Conv1DPruner", "ProbeCacheInfo", "check_config", "layer_sizes",
-           "probe_cache_clear", "probe_cache_info", "sync_config"]
+__all__ = ["MARKER", "ConfigMismatchWarning", "ConfigStatus", "Conv1DPruner", "MoeLayer", "ProbeCacheInfo", "check_config",
+           "layer_sizes", "moe_layers", "probe_cache_clear", "probe_cache_info", "prune_expert_widths", "prune_experts",
+           "router_modules", "sync_config"]
