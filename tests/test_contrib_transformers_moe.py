@@ -128,6 +128,17 @@ def test_a_narrower_expert_equals_the_original_with_the_lost_units_silenced(expe
     torch.testing.assert_close(logits(model), logits(reference), rtol=0, atol=1e-5)
 
 
+def test_the_width_left_is_a_multiple_the_grouped_mm_kernel_runs_with(experts: Any) -> None:
+    model = build("Mixtral")  # 32 units less 30% is 23; float32 rows of the fused kernel must be 16 bytes: 24 stay
+    status = experts.prune_expert_widths(model, ratio=0.3)
+    assert status.changed == {"intermediate_size": 24} and experts.moe_layers(model)[0].experts.intermediate_dim == 24
+    assert logits(model).shape == (2, 10, 128)
+    experts.prune_expert_widths(model, ratio=0.5, round_to=6)
+    assert model.config.intermediate_size == 12
+    with pytest.raises(ValueError, match=r"round_to=0: use a positive whole number"):
+        experts.prune_expert_widths(model, ratio=0.5, round_to=0)
+
+
 def test_removing_more_experts_than_top_k_allows_is_refused_and_the_model_is_untouched(experts: Any) -> None:
     model = build("Qwen3-MoE")
     before, config = state(model), model.config.to_dict()

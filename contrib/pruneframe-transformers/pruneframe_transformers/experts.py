@@ -186,13 +186,21 @@ def prune_experts(model: nn.Module, ratio: float | None = None, *, remove: Mappi
     return sync_config(model)
 
 
-def prune_expert_widths(model: nn.Module, ratio: float, *, p: float = 2) -> ConfigStatus:
-    """Remove ``ratio`` of every expert's hidden units, each expert its own lowest by weight p-norm; returns ``sync_config``'s answer."""
+def prune_expert_widths(model: nn.Module, ratio: float, *, p: float = 2, round_to: int | None = None) -> ConfigStatus:
+    """Remove ``ratio`` of every expert's hidden units, each expert its own lowest by weight p-norm; returns ``sync_config``'s answer.
+
+    The width left is a multiple of ``round_to`` (fewer units go). By default that is what the fused grouped-mm
+    kernel needs: rows of 16 bytes (4 float32 or 8 bfloat16 units); other widths make it fail at run time.
+    """
     layers = _layers_or_error(model)
     _check_ratio(ratio)
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f"round_to={round_to!r}: use a positive whole number of units, or None for the kernel's 16 bytes")
     plan = {}
     for layer in layers:
-        cut = int(layer.width * ratio)
+        step = round_to or max(1, 16 // layer.experts.down_proj.element_size())
+        kept = -(-(layer.width - int(layer.width * ratio)) // step) * step  # rounded up: never more than ratio goes
+        cut = max(0, layer.width - kept)
         if cut:
             plan[layer.name] = torch.sort(torch.argsort(_unit_scores(layer, p), dim=1)[:, cut:], dim=1).values
     with _transaction(layers):
