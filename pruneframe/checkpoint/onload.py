@@ -1,0 +1,95 @@
+"""Real weights for one layer at a time: read from a checkpoint, pruned by the layer's own plan entries.
+
+A model planned on the meta device has shapes and no values. ``LayerLoader``
+gives any of its layers real tensors: the layer's original tensors are read
+from the checkpoint (one tensor at a time), and the plan's entries for that
+layer are replayed on them in order with the layer's own pruner, so the
+result is what pruning the whole model in memory would have given that layer.
+Layer pruners change only their own layer, which is what makes this exact;
+fix-ups (sizes stored elsewhere) already ran on the planned model.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import PruningError
+from ..plan import plan_steps
+from ..registry import Registry, get_registry
+from .reader import Checkpoint, tied_names
+
+
+class LayerLoader:
+    """Onloads layers of ``model`` (planned, usually on the meta device) from ``checkpoint``.
+
+    ``original`` is the model as its config builds it, unpruned (on the meta
+    device: it is only copied for shapes and code). Entries of ``model``'s plan
+    made after this loader was created are seen too.
+    """
+
+    def __init__(self, model: nn.Module, original: nn.Module, checkpoint: Checkpoint, registry: Registry | None = None):
+        self.model = model
+        self.original = original
+        self.checkpoint = checkpoint
+        self.registry = registry or get_registry(model)
+        self._aliases = tied_names(original)
+
+    def entries_of(self, name: str) -> list[dict[str, Any]]:
+        """The plan's entries for layer (or raw parameter) ``name``, in the order they were made."""
+        return [entry for step in plan_steps(self.model) for entry in step if entry["layer"] == name]
+
+    def source_name(self, name: str) -> str:
+        """The checkpoint's name for state-dict tensor ``name`` (a tied tensor is stored under one of its names)."""
+        if name in self.checkpoint.tensors:
+            return name
+        for alias in self._aliases.get(name, ()):
+            if alias in self.checkpoint.tensors:
+                return alias
+        raise PruningError(f"{name} is not in the checkpoint {self.checkpoint.directory}")
+
+    def load_layer(self, name: str, device: torch.device | str | None = None) -> nn.Module:
+        """A real copy of layer ``name``: its checkpoint tensors (params and persistent buffers), with its plan applied."""
+        template = self.original.get_submodule("" if name == "(model)" else name)
+        layer = copy.deepcopy(template)
+        prefix = "" if name == "(model)" else name + "."
+        state = {key: self.checkpoint.get(self.source_name(prefix + key)).to(device or "cpu")
+                 for key in template.state_dict(keep_vars=True)}
+        layer.load_state_dict(state, assign=True)
+        found = self.registry.resolve(type(layer))
+        entries = self.entries_of(name)
+        if entries and found is None:
+            raise PruningError(f"no installed plugin prunes {type(layer).__qualname__} ({name}); install the one that planned it")
+        with torch.no_grad():
+            for entry in entries:
+                self.registry.handler(found.pruner, entry["kind"])(layer, list(entry["idxs"]))
+        return layer
+
+    def load_parameter(self, name: str, device: torch.device | str | None = None) -> torch.Tensor:
+        """Raw parameter ``name`` (no layer owns it) from the checkpoint, with its plan entries applied."""
+        tensor = nn.Parameter(self.checkpoint.get(self.source_name(name)).to(device or "cpu"), requires_grad=False)
+        found = self.registry.resolve(nn.Parameter)
+        with torch.no_grad():
+            for entry in self.entries_of(name):  # a raw parameter's pruner replaces its data in place
+                self.registry.handler(found.pruner, "out", int(entry["dim"]))(tensor, list(entry["idxs"]))
+        return tensor.detach()
+
+    @contextlib.contextmanager
+    def onloaded(self, module: nn.Module, name: str, device: torch.device | str | None = None) -> Iterator[nn.Module]:
+        """Inside, ``module`` (layer ``name`` of the planned model) holds its real tensors; afterwards its own again."""
+        real = self.load_layer(name, device)
+        kept: list[tuple[nn.Module, str, str, Any]] = []
+        for path, tensor in real.state_dict(keep_vars=True).items():
+            owner_path, _, attr = path.rpartition(".")
+            owner = module.get_submodule(owner_path) if owner_path else module
+            table = "_parameters" if attr in owner._parameters else "_buffers"
+            kept.append((owner, table, attr, getattr(owner, table)[attr]))
+            getattr(owner, table)[attr] = tensor
+        try:
+            yield module
+        finally:
+            for owner, table, attr, original in kept:
+                getattr(owner, table)[attr] = original
