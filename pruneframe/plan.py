@@ -17,6 +17,12 @@ then applies it as one transaction, the same one ``Group.prune()`` uses: on
 any error the model is left exactly as it was, and it is never copied. The
 plan alone is readable JSON: ``plan_to_json`` / ``plan_from_json``.
 
+Whole blocks removed from a layer list (``pruneframe.pruner.remove_layers``)
+are a step of their own, ``{"layer": <the list>, "kind": "depth", "idxs":
+<positions>}``; later steps name modules as they were after it, and replay
+maps those names back to the fresh model's. A plan with such a step is
+version 2; a plan without one is written, and read, as version 1.
+
 Attributes a user set on the model or its modules (``model.my_tag = "x"``, a
 size the forward reads) come back too, as Torch-Pruning's serialization does,
 but only plain data: numbers, strings, booleans, None, and lists, tuples and
@@ -48,7 +54,9 @@ from .registry.entries import CUSTOMIZED
 from .wrappers import unwrap
 
 FORMAT = "pruneframe-pruning-plan"
-VERSION = 1
+VERSION = 1  # a plan without depth steps; one with them is DEPTH_VERSION, which an older pruneframe refuses by its number
+DEPTH_VERSION = 2
+DEPTH = "depth"
 _ATTRIBUTE = "_pruneframe_plan"  # kept in the module's __dict__: copied with it, never in its state_dict
 
 
@@ -78,10 +86,16 @@ def entry_of(node: Any, kind: str, idxs: list[int]) -> dict[str, Any]:
     return entry
 
 
+def depth_entry(layer_list: str, positions: list[int]) -> dict[str, Any]:
+    """The plan entry for removing the blocks at ``positions`` of the layer list named ``layer_list``."""
+    return {"layer": layer_list, "kind": DEPTH, "idxs": [int(i) for i in positions]}
+
+
 def get_plan(model: nn.Module) -> dict[str, Any]:
-    """The plan of everything pruned from ``model`` through a DependencyGraph, as plain data."""
+    """The plan of everything pruned from ``model`` (through a DependencyGraph or ``remove_layers``), as plain data."""
     steps = unwrap(model).__dict__.get(_ATTRIBUTE, [])
-    return {"format": FORMAT, "version": VERSION, "steps": copy.deepcopy(steps)}
+    deep = any(entry.get("kind") == DEPTH for step in steps for entry in step)
+    return {"format": FORMAT, "version": DEPTH_VERSION if deep else VERSION, "steps": copy.deepcopy(steps)}
 
 
 def plan_steps(model: nn.Module) -> tuple[list[dict[str, Any]], ...]:
@@ -303,14 +317,20 @@ def _replay(model: nn.Module, plan: dict[str, Any], registry: Registry,
 def _resolve(model: nn.Module, plan: dict[str, Any], registry: Registry, customized: dict[type, Any]) -> list[list[_Op]]:
     """Every step of ``plan`` as operations on ``model``; raises, before anything changes, where one cannot apply."""
     widths: dict[tuple[str, str], int] = {}  # the channels each layer will have at this point of the replay
+    depth = _DepthReplay(model)
     steps: list[list[_Op]] = []
     for k, step in enumerate(plan["steps"]):
         ops: list[_Op] = []
         for entry in step:
-            name, idxs = entry["layer"], list(entry["idxs"])
-            where = f"step {k} of the plan, layer {name!r}"
+            recorded, idxs = entry["layer"], list(entry["idxs"])
+            where = f"step {k} of the plan, layer {recorded!r}"
             if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in idxs) or len(set(idxs)) != len(idxs):
                 raise PruningError(f"{where}: indices must be distinct non-negative ints; the plan is damaged")
+            name = depth.original_name(recorded)
+            entry = {**entry, "layer": name}
+            if entry["kind"] == DEPTH:
+                ops.append(depth.op(name, idxs, where))
+                continue
             if "dim" in entry:
                 target, fn, label, width, key = _parameter_op(model, entry, registry, where)
             else:
@@ -323,7 +343,56 @@ def _resolve(model: nn.Module, plan: dict[str, Any], registry: Registry, customi
                 widths[key] = current - len(idxs)
             ops.append((f"{where} ({label})", functools.partial(fn, target, idxs), target))
         steps.append(ops)
+        depth.step_done()
     return steps
+
+
+class _DepthReplay:
+    """The depth steps met so far in a replay: map later names back to the fresh model's, and check the positions."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.lengths: dict[str, int] = {}  # per layer list (fresh name): its blocks at this point of the replay
+        self.done: list[tuple[str, list[int]]] = []  # (list name as recorded, the kept positions) of earlier steps
+        self.pending: list[tuple[str, list[int]]] = []  # those of the current step
+
+    def original_name(self, name: str) -> str:
+        """``name`` as the plan recorded it (after earlier depth steps) -> the fresh model's name for that module."""
+        for list_name, kept in reversed(self.done):
+            prefix = f"{list_name}." if list_name else ""
+            if not name.startswith(prefix) or name == list_name:
+                continue
+            head, dot, tail = name[len(prefix):].partition(".")
+            if head.isdigit() and int(head) < len(kept):
+                name = f"{prefix}{kept[int(head)]}{dot}{tail}"
+        return name
+
+    def op(self, name: str, idxs: list[int], where: str) -> _Op:
+        from .pruner.depth import CONTAINERS, remove_positions
+
+        try:
+            container = self.model.get_submodule(name)
+        except AttributeError as exc:
+            raise PruningError(f"{where}: the model has no layer list {name!r}; the plan is for another architecture") from exc
+        if not isinstance(container, CONTAINERS):
+            raise PruningError(f"{where}: {name!r} is a {type(container).__name__}, not a ModuleList or Sequential of "
+                               "blocks; the plan is for another architecture")
+        current = self.lengths.get(name, len(container))
+        if idxs and max(idxs) >= current:
+            raise PruningError(f"{where}: block {max(idxs)} is out of range for its {current} blocks at this step; the "
+                               "plan is for another architecture or configuration")
+        if len(idxs) >= current:
+            raise PruningError(f"{where}: the step removes all {current} blocks; the plan is damaged")
+        self.lengths[name] = current - len(idxs)
+        numbered = list(container._modules) == [str(i) for i in range(len(container))]
+        if numbered:
+            kept = [p for p in range(current) if p not in set(idxs)]
+            self.pending.append((name, kept))
+        return (f"{where} (removing blocks {idxs})", functools.partial(remove_positions, container, idxs), container)
+
+    def step_done(self) -> None:
+        self.done += self.pending
+        self.pending = []
 
 
 def _parameter_op(model: nn.Module, entry: dict[str, Any], registry: Registry, where: str):
@@ -370,14 +439,17 @@ def _layer_op(model: nn.Module, entry: dict[str, Any], registry: Registry, custo
 def _checked(plan: Any) -> dict[str, Any]:
     if not isinstance(plan, dict) or plan.get("format") != FORMAT:
         raise ValueError(f"not a pruneframe pruning plan (expected 'format': {FORMAT!r})")
-    if plan.get("version") != VERSION:
-        raise ValueError(f"pruning plan version {plan.get('version')!r}; this pruneframe reads version {VERSION}")
+    if plan.get("version") not in (VERSION, DEPTH_VERSION):
+        raise ValueError(f"pruning plan version {plan.get('version')!r}; this pruneframe reads versions {VERSION} and "
+                         f"{DEPTH_VERSION}")
+    kinds = ("out", "in", DEPTH) if plan["version"] == DEPTH_VERSION else ("out", "in")
     for step in plan.get("steps", []):
         for entry in step:
-            if not isinstance(entry, dict) or not {"layer", "kind", "idxs"} <= entry.keys() or entry["kind"] not in ("out", "in"):
-                raise ValueError(f"malformed pruning plan entry {entry!r}: it needs 'layer', 'kind' ('out'/'in') and 'idxs'")
+            if not isinstance(entry, dict) or not {"layer", "kind", "idxs"} <= entry.keys() or entry["kind"] not in kinds:
+                raise ValueError(f"malformed pruning plan entry {entry!r}: it needs 'layer', 'kind' ({'/'.join(kinds)}) "
+                                 "and 'idxs'")
     return plan
 
 
-__all__ = ["apply_plan", "entry_of", "get_plan", "load", "load_state_dict", "plan_from_json", "plan_steps", "plan_to_json", "record", "save",
+__all__ = ["apply_plan", "depth_entry", "entry_of", "get_plan", "load", "load_state_dict", "plan_from_json", "plan_steps", "plan_to_json", "record", "save",
            "state_dict"]

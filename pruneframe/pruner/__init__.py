@@ -15,6 +15,7 @@ from ..function import PrunerBox
 from ..layer_pruner import BasePruningFunc, DeclarativeLayerPruner, LayerPruner
 from .growing_reg import GrowingRegPruner
 from .arguments import linear_scheduler
+from .depth import LayerList, LayerScore, layer_lists, rank_layers, remove_layers
 from .meta_pruner import MetaPruner
 from .sparse_training import BNScalePruner, GroupNormPruner
 from .targets import ratio_for_target
@@ -30,5 +31,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["BNScalePruner", "BasePruner", "BasePruningFunc", "DeclarativeLayerPruner", "GroupNormPruner", "GrowingRegPruner",
-           "LayerPruner", "MagnitudePruner", "MetaPruner", "PrunerBox", "function", "importance", "linear_scheduler",
-           "ratio_for_target"]
+           "LayerList", "LayerPruner", "LayerScore", "MagnitudePruner", "MetaPruner", "PrunerBox", "function", "importance",
+           "layer_lists", "linear_scheduler", "rank_layers", "ratio_for_target", "remove_layers"]
