@@ -13,8 +13,12 @@ plan replay) infers the config from the pruned shapes, for any model class:
    ``intermediate_size`` nothing reads) is set to the rebuilt model's value;
    any other difference rejects the proposal.
 
-Only a verified update is written, so ``save_pretrained`` + ``from_pretrained``
-rebuilds exactly this model. A field the config leaves unset (``head_dim``) is
+Whole layers removed (``pruneframe.pruner.remove_layers``) join the proposal
+through ``depth``: the layer count and the per-layer lists (``layer_types``),
+verified by the same rebuild, which then also has to give every list of blocks
+the model's length and every kept block its stored values (``layer_idx``, its
+attention type). Only a verified update is written, so ``save_pretrained`` +
+``from_pretrained`` rebuilds exactly this model. A field the config leaves unset (``head_dim``) is
 added only when the model needs it.
 
 When the layers were pruned differently, or the config class has no way to say
@@ -41,6 +45,7 @@ from typing import Any
 import attrs
 from torch import nn
 
+from .depth import block_differences, depth_changes, length_differences, shortened_lists
 from .families import family_of, missing_needs
 from .probing import (MARKER, MISSING, Probe, build_on_meta, get_field, nested_configs, probe, set_field,
                       size_attributes, tensor_shapes)
@@ -124,6 +129,9 @@ def sync_config(model: nn.Module) -> ConfigStatus:
     # the model's own constructor or the config's validation, on the config as it is: their message is the answer
     except Exception as exc:  # noqa: BLE001
         return _unexpressed(config, {}, f"{type(model).__name__} cannot be built from its config ({type(exc).__name__}: {exc})")
+    depth = depth_changes(model, config, found)  # whole layers removed: the layer count and per-layer lists
+    if isinstance(depth, str):
+        return _unexpressed(config, {}, depth)
     table = rows(found, tensor_shapes(model))
     result = solve(found, table)
     name = type(config).__name__
@@ -133,7 +141,7 @@ def sync_config(model: nn.Module) -> ConfigStatus:
         return _unexpressed(config, result.sizes, f"{differ} and {name} holds one value per field")
     if isinstance(result, Inexpressible):
         return _unexpressed(config, {}, f"{name} cannot describe these sizes: {result.why}")
-    best = _best_proposal(model, config, found, result)
+    best = _best_proposal(model, config, found, result, depth)
     if isinstance(best, str):
         return _unexpressed(config, _per_block(found, table, result[0]), best)
     attempt, verdict, values = best
@@ -148,19 +156,24 @@ def sync_config(model: nn.Module) -> ConfigStatus:
     return ConfigStatus(True, attempt, _per_block(found, table, values), None)
 
 
-def _best_proposal(model: nn.Module, config: Any, found: Probe,
-                   solutions: list[dict[str, int]]) -> tuple[dict[str, Any], _Verdict, dict[str, int]] | str:
-    """The verified proposal with the fewest stale counts to set, as (fields to write, verdict, solution); or why none is."""
+def _best_proposal(model: nn.Module, config: Any, found: Probe, solutions: list[dict[str, int]],
+                   depth: dict[str, Any]) -> tuple[dict[str, Any], _Verdict, dict[str, int]] | str:
+    """The verified proposal with the fewest stale counts to set, as (fields to write, verdict, solution); or why none is.
+
+    ``depth`` (the layer count and per-layer lists after removed layers) goes into every proposal.
+    """
     best, reason = None, None
+    shortened = list(shortened_lists(model, found)) if depth else []
     for values in solutions:
         kept_unset = {f: found.fields[f] for f in found.unset if f not in values}
-        for attempt in (values, {**values, **kept_unset}):  # a field the config leaves unset is added only if it is needed
-            if attempt is not values and not kept_unset:
+        for widths in (values, {**values, **kept_unset}):  # a field the config leaves unset is added only if it is needed
+            if widths is not values and not kept_unset:
                 break
+            attempt = {**widths, **depth}
             candidate = copy.deepcopy(config)
             for field, value in attempt.items():
                 set_field(candidate, field, value)
-            verdict = _verify(model, candidate, found)
+            verdict = _verify(model, candidate, found, shortened)
             if not verdict.differences:
                 if best is None or len(verdict.stale) < len(best[1].stale):
                     best = (attempt, verdict, values)
@@ -281,20 +294,24 @@ def _per_layer(pairs: list[tuple[str, int]]) -> str:
     return ", ".join(f"{name or '(model)'}={value}" for name, value in pairs)
 
 
-def _verify(model: nn.Module, config: Any, found: Probe) -> _Verdict:
-    """Build ``type(model)`` from ``config`` on the meta device and compare; a count still at the old config's value is stale."""
+def _verify(model: nn.Module, config: Any, found: Probe, shortened: list[str]) -> _Verdict:
+    """Build ``type(model)`` from ``config`` on the meta device and compare; a count still at the old config's value is stale.
+
+    The blocks of the lists in ``shortened`` (which lost layers) are compared in every plain value they store too.
+    """
     try:
         built = build_on_meta(type(model), config)
     # a probe: whatever validation or the model's constructor raises means the config cannot rebuild the model, and says why
     except Exception as exc:  # noqa: BLE001
         return _Verdict([_unbuildable(model, exc)], [])
-    differences = _shape_differences(model, built)
+    differences = _shape_differences(model, built) + block_differences(model, built, shortened)
     stale = []
     built_attributes = size_attributes(built)
     for name, module, other in _common_modules(model, built, differences):
         before = found.attributes.get(name, {})
         for key, value, built_value in _attribute_differences(module, built_attributes[name]):
-            if type(value) is int and type(built_value) is int and before.get(key, MISSING) == value:
+            # (a flag too: a model that lost its last sliding-window layer no longer has one)
+            if type(value) in (int, bool) and type(built_value) is type(value) and before.get(key, MISSING) == value:
                 stale.append((name, key, built_value))
             else:
                 differences.append(f"{name or '(model)'}.{key} = {built_value} where the model has {value}")
@@ -324,9 +341,10 @@ def _unbuildable(model: nn.Module, exc: Exception) -> str:
 def _shape_differences(model: nn.Module, built: nn.Module) -> list[str]:
     # Sizes are compared where both models have the thing: pruning shrinks tensors, it never adds or removes one,
     # and a part only one side has (a pooler the model was built without) is not something a config field sizes.
+    # Whole blocks are the exception: a list of layers must have the same length in both.
     actual, expected = tensor_shapes(model), tensor_shapes(built)
-    return [f"{name} of shape {expected[name]} where the model has {actual[name]}"
-            for name in sorted(actual.keys() & expected.keys()) if actual[name] != expected[name]]
+    return length_differences(model, built) + [f"{name} of shape {expected[name]} where the model has {actual[name]}"
+                                               for name in sorted(actual.keys() & expected.keys()) if actual[name] != expected[name]]
 
 
 def _common_modules(model: nn.Module, built: nn.Module, differences: list[str]) -> list[tuple[str, nn.Module, nn.Module]]:
