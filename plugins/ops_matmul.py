@@ -11,8 +11,18 @@ with slice ``p`` of the other: attention head ``h`` of ``q`` with head ``h`` of
 ``k``, and the scores' head ``h`` with head ``h`` of ``v``. A slice may vanish
 only in both operands, which ``ctx.tie_slices`` records; the result's slices
 carry that tie onward (``softmax(q @ k^T) @ v`` ties the heads of all three).
+
+Grouped-query attention repeats each key/value head across its query heads,
+so one operand holds the same channels in several slices: in the ordinary
+trace that ties a key/value head to all its query heads. Each handler offers a
+``query_heads_variant`` (see ``pruneframe.pruner.query_heads``) for a second
+trace in which such a repeated operand is a copy that stays: its channels are
+kept, and each slice of the other operand (a query head) becomes a block of
+its own, with the result's slice (that head's output) following it.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -135,6 +145,73 @@ def attention(ctx, op, args, kwargs, out) -> None:
     ctx.set(outputs[0], result)
     for t in outputs[1:]:
         ctx.set(t, None)
+
+
+def _repeated(ids, other, nd: int) -> bool:
+    """Whether ``ids`` holds the same channels in several slices where ``other`` holds different channels in each.
+
+    Both are labels aligned to ``nd`` dims; the slices are those of the batch dimensions along which either varies.
+    """
+    if ids is None or other is None or nd < 3 or not bool((ids > 0).any()):
+        return False
+    batch = [max(ids.shape[d], other.shape[d]) for d in range(nd - 2)]
+    own = ids.expand(batch + list(ids.shape[nd - 2:])).reshape(math.prod(batch), -1)
+    theirs = other.expand(batch + list(other.shape[nd - 2:])).reshape(math.prod(batch), -1)
+    if theirs.shape[0] < 2 or not bool((theirs > 0).all()):
+        return False
+    # slices equal in ``other`` (the batch of a bmm that merged batch and heads) are equal in ``ids`` too; fewer distinct
+    # rows of ``ids`` than of ``other`` then means that ``ids`` repeats one slice's channels where ``other`` does not
+    _, theirs_row = torch.unique(theirs, dim=0, return_inverse=True)
+    _, own_row = torch.unique(own, dim=0, return_inverse=True)
+    distinct = int(theirs_row.max()) + 1
+    follows = torch.unique(torch.stack([theirs_row, own_row]), dim=1).shape[1] == distinct
+    return follows and int(own_row.max()) + 1 < distinct
+
+
+def _keep_copies(ctx, op, kept, copies, shape) -> torch.Tensor | None:
+    """The copied operands stay; ``kept`` (one operand) loses only whole slices, and the result's slices follow them."""
+    for ids in copies:
+        ctx.block(ids, f"{op}: in a query-head trace the repeated key/value channels stay")
+    nd = len(shape)
+    if _varies(kept, -1):
+        ctx.couple_along(kept, -1)  # its positions along the contracted dimension meet copies that stay
+    return ctx.tie_slices([kept], shape, range(nd - 2))
+
+
+def matrix_product_keeping_copies(ctx, op, args, kwargs, out) -> None:
+    """``matrix_product`` for a query-head trace: an operand repeated across the slices of the other is a copy that stays."""
+    packet = op.overloadpacket
+    a, b = (args[1], args[2]) if packet in (aten.addmm, aten.baddbmm) else (args[0], args[1])
+    if packet not in (aten.addmm, aten.mm) and a.dim() >= 3 and b.dim() >= 3:
+        nd = out.dim()
+        la, lb = _aligned(ctx, a, nd), _aligned(ctx, b, nd)
+        for kept, copied in ((la, lb), (lb, la)):
+            if _repeated(copied, kept, nd):
+                ctx.set(out, _keep_copies(ctx, op, kept, [copied], out.shape))
+                return
+    matrix_product(ctx, op, args, kwargs, out)
+
+
+def attention_keeping_copies(ctx, op, args, kwargs, out) -> None:
+    """``attention`` for a query-head trace: keys and values repeated across query heads stay; query heads go whole."""
+    q, k, v = args[0], args[1], args[2]
+    nd = q.dim()
+    outputs = tensors_in(out)
+    extra = [ctx.ids(t) for t in tensors_in((args[3:], kwargs))]
+    if nd >= 3 and all(ids is None for ids in extra):  # a mask or bias holding channels: the ordinary handler blocks it
+        lq, lk, lv = (_aligned(ctx, t, nd) for t in (q, k, v))
+        lk, lv = _repeat_heads(lk, q.shape[-3]), _repeat_heads(lv, q.shape[-3])
+        shape = outputs[0].shape
+        if _repeated(lk, lq, nd) and (lv is None or _repeated(lv, lq, nd)):
+            ctx.set(outputs[0], _keep_copies(ctx, op, lq, [ids for ids in (lk, lv) if ids is not None], shape))
+            for t in outputs[1:]:
+                ctx.set(t, None)
+            return
+    attention(ctx, op, args, kwargs, out)
+
+
+matrix_product.query_heads_variant = matrix_product_keeping_copies
+attention.query_heads_variant = attention_keeping_copies
 
 
 @hookimpl(trylast=True)

@@ -33,6 +33,7 @@ from . import calibration, targets
 from .arguments import (check_arguments, check_layers_of, linear_scheduler, parameter_pairs, ratio_dict_schedules, schedule,
                         with_whole_heads_variants)
 from .selection import Candidate, Limits, choose_ranked, join_blocks, select
+from .query_heads import QueryHeadSteps
 from .target_steps import TargetSteps
 
 
@@ -53,7 +54,7 @@ class _HeadsTiedError(Exception):
     """Whole heads were asked for, but the traced ties join every head of the group into one block."""
 
 
-class MetaPruner(TargetSteps):
+class MetaPruner(TargetSteps, QueryHeadSteps):
     """Prune ``model`` with ``importance`` to ``pruning_ratio`` of its channels, in ``iterative_steps`` steps.
 
     Arguments follow Torch-Pruning's ``MetaPruner`` (``BasePruner``); see the module docstring for how
@@ -64,6 +65,8 @@ class MetaPruner(TargetSteps):
     "1.5G") replace ``pruning_ratio``: each step searches the ratio that lands at or just under the step's
     share of the target (see ``pruneframe.pruner.targets``); ``target_result`` then says what was reached.
     ``progress=True`` shows progress bars on stderr (tracing, scoring, the search, pruning).
+    ``prune_query_heads=True``: grouped-query attention loses query heads, the same number from every key/value
+    group, instead of whole groups (see ``pruneframe.pruner.query_heads``).
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class MetaPruner(TargetSteps):
         target_macs: float | str | None = None,
         target_params: float | str | None = None,
         progress: bool = False,
+        prune_query_heads: bool = False,
     ):
         if ch_sparsity is not None:  # Torch-Pruning's older names
             warnings.warn("ch_sparsity is deprecated: use pruning_ratio", DeprecationWarning, stacklevel=2)
@@ -107,7 +111,7 @@ class MetaPruner(TargetSteps):
             warnings.warn("ch_sparsity_dict is deprecated: use pruning_ratio_dict", DeprecationWarning, stacklevel=2)
             pruning_ratio_dict = ch_sparsity_dict
         check_arguments(pruning_ratio, max_pruning_ratio, head_pruning_ratio, iterative_steps, round_to, importance,
-                        target_macs, target_params, ratio_is_default=isinstance(pruning_ratio, _DefaultRatio))
+                        target_macs, target_params, isinstance(pruning_ratio, _DefaultRatio), prune_query_heads)
 
         model = unwrap(model, pruning=True)  # torch.compile / DataParallel: prune the module they hold
         check_layers_of(model, ignored_layers, pruning_ratio_dict, num_heads)
@@ -127,6 +131,10 @@ class MetaPruner(TargetSteps):
         self.num_heads = dict(num_heads or {})
         self.prune_num_heads = prune_num_heads
         self.prune_head_dims = prune_head_dims
+        self.prune_query_heads = prune_query_heads
+        self._query_heads_original: dict[nn.Module, int] = {}  # query heads per key/value group before any step
+        self._query_head_roots: set[nn.Module] = set()  # this step's roots pruned by query heads, not by whole groups
+        self._earlier_history: list = []  # what graphs replaced after query-head prunes recorded
         self.current_step = 0
         self.left_whole: list[tuple[Group, str]] = []  # groups the steps left whole, and why (pruneframe.app.report reads it)
         self.progress = progress
@@ -152,14 +160,10 @@ class MetaPruner(TargetSteps):
             customized_pruners = with_whole_heads_variants(model, self.num_heads, customized_pruners)
         self._customized_pruners = customized_pruners
         self._unwrapped_parameters = parameter_pairs(unwrapped_parameters)
+        self._verify_prunes = verify_prunes
         with bar("tracing the model", total=1, enabled=progress) as tracing:
-            self.DG = DependencyGraph().build_dependency(
-                model, example_inputs, forward_fn=forward_fn, output_transform=output_transform,
-                unwrapped_parameters=self._unwrapped_parameters, customized_pruners=customized_pruners,
-                verify_prunes=verify_prunes,
-            )
+            self.DG = self._trace_graph()
             tracing.update()
-        self.DG.ignored_layers = []
         # Widths before any step: targets are ratios of these, so iterative steps do not compound.
         self._original: dict[nn.Module, int] = {}
         for module, node in self.DG.module2node.items():
@@ -177,6 +181,7 @@ class MetaPruner(TargetSteps):
         self.left_whole = []  # this step's: a group left whole before is scored again, and reported again if it stays
         if interactive:
             return self._interactive_groups()
+        self._prune_query_heads()
         chosen = self._plan_step()
         try:
             with heap_frozen(), self.DG.one_run_check():  # one run of the model checks the whole step
@@ -205,6 +210,7 @@ class MetaPruner(TargetSteps):
         return calibration.calibrate(self, batches, forward_fn=forward_fn, loss_fn=loss_fn, progress=progress)
 
     def _interactive_groups(self) -> Iterator[Group]:
+        yield from self._query_head_groups()
         yield from self._groups_of(self._plan_step())
         self._update_num_heads()
 
@@ -247,7 +253,7 @@ class MetaPruner(TargetSteps):
         return min(self.head_pruning_ratio_dict.get(module, self.per_step_head_pruning_ratio)[step], 1.0)
 
     def pruning_history(self) -> list:
-        return self.DG.pruning_history()
+        return self._earlier_history + self.DG.pruning_history()
 
     def reset(self) -> None:
         self.current_step = 0
@@ -337,7 +343,8 @@ class MetaPruner(TargetSteps):
             yield group
 
     def _all_groups(self) -> list[Group]:
-        return list(self.DG.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=self.root_module_types))
+        groups = self.DG.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=self.root_module_types)
+        return [g for g in groups if g.root.module not in self._query_head_roots]
 
     def _candidate(self, group: Group) -> tuple[Candidate, bool] | None:
         node, space = group.root, group.root_space
