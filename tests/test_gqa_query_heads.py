@@ -140,6 +140,22 @@ def test_each_group_loses_its_own_weakest_query_heads_over_iterative_steps() -> 
     assert [sorted({r.name for r in step}) for step in history] == [["attn.o_proj", "attn.q_proj"]] * 2
 
 
+def test_an_interactive_step_yields_the_query_heads_first_and_num_heads_follows() -> None:
+    torch.manual_seed(0)
+    model = Block("enable_gqa").double().eval()
+    pruner = tp.pruner.MetaPruner(model, X, tp.importance.MagnitudeImportance(p=2), prune_query_heads=True, pruning_ratio=0.5,
+                                  num_heads={model.attn.q_proj: HEADS}, ignored_layers=[model.inp, model.attn.o_proj, model.out])
+    seen = []
+    for group in pruner.step(interactive=True):
+        seen.append({dep.target.name: len(idxs) for dep, idxs in group})
+        group.prune()
+    assert seen[0] == {"attn.q_proj": 4 * HEAD_DIM, "attn.o_proj": 4 * HEAD_DIM}  # four query heads, no key/value channel
+    assert pruner.num_heads[model.attn.q_proj] == 4
+    assert model.attn.k_proj.out_features == KV_HEADS * HEAD_DIM
+    with torch.no_grad():
+        assert model(X).shape == (2, 5, 4)
+
+
 def test_without_prune_query_heads_a_key_value_group_goes_whole() -> None:
     torch.manual_seed(0)
     model = Block("expand").double().eval()
