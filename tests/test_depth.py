@@ -270,8 +270,18 @@ def test_blocks_that_do_not_form_a_stack_are_not_scored():
         def forward(self, x):
             return [s(x) for s in self.stages]
 
-    with pytest.raises(NotCalibratedError, match=r"block 0 maps \(2, 4\) to \(2, 6\)"):
+    with pytest.raises(NotCalibratedError, match=r"stages\.0: it maps \(2, 4\) to \(2, 6\)"):
         rank_layers(Widening().eval(), [torch.randn(2, 4)])
+
+
+def test_a_first_block_that_changes_the_shape_leaves_the_rest_of_its_list_scored():
+    torch.manual_seed(0)
+    widen = nn.Sequential(nn.Linear(3, 8), nn.ReLU())
+    model = nn.Sequential(widen, Block(8, 0), Block(8, 1)).eval()  # like a ResNet stage: its first block widens
+    imp = BlockInfluenceImportance()
+    ranked = rank_layers(model, [torch.randn(2, 3)], importance=imp)
+    assert sorted(s.name for s in ranked) == ["1", "2"]
+    assert imp.skipped() == {"0": "it maps (2, 3) to (2, 8); only blocks that keep the shape can be scored (and removed)"}
 
 
 def test_block_influence_only_ranks_removable_blocks_and_checks_its_arguments():

@@ -8,9 +8,9 @@ hooks add the sum and the count to running totals, so no activation is kept.
 
 Only blocks that pass the hidden state on are scored: a block's input is its
 first tensor argument (or keyword argument), its output the first tensor it
-returns, they must have one shape, and block ``k + 1`` must receive what block
-``k`` returned (the stack a residual stream runs through, not experts side by
-side). Example::
+returns, block ``k + 1`` must receive what block ``k`` returned (the stack a
+residual stream runs through, not experts side by side), and a block that
+changes the shape (a stage's downsampling first block) is left unscored. Example::
 
     imp = BlockInfluenceImportance()
     with imp.compute_importance(model):
@@ -55,7 +55,7 @@ class BlockInfluenceImportance:
         self._totals: dict[tuple[str, int], list[float]] = {}  # (list name, position) -> [sum of 1 - cos, positions seen]
         self._names: dict[tuple[str, int], str] = {}
         self._removable: set[tuple[str, int]] = set()
-        self._skipped: dict[str, str] = {}  # list name -> why its blocks are not scored
+        self._skipped: dict[str, str] = {}  # list (or block) name -> why its blocks (or it) are not scored
 
     @contextlib.contextmanager
     def compute_importance(self, model: nn.Module) -> Iterator["BlockInfluenceImportance"]:
@@ -94,6 +94,10 @@ class BlockInfluenceImportance:
                 return
             if not chain.passes_on(position, x, y):
                 return
+            if x.shape != y.shape:
+                self._skipped.setdefault(self._names[(list_name, position)], (
+                    f"it maps {tuple(x.shape)} to {tuple(y.shape)}; only blocks that keep the shape can be scored (and removed)"))
+                return
             with torch.no_grad():
                 cos = torch.nn.functional.cosine_similarity(x.detach().float(), y.detach().float(), dim=self.dim)
                 total = pending.setdefault((list_name, position), [0.0, 0.0])
@@ -108,7 +112,7 @@ class BlockInfluenceImportance:
             [torch.tensor([pending[k][0]], dtype=torch.float64) if k in pending else None for k in keys],
             [pending[k][1] if k in pending else 0.0 for k in keys], "BlockInfluenceImportance")
         for key, total, count in zip(keys, sums, counts):
-            if total is None or key[0] in self._skipped:
+            if total is None or key[0] in self._skipped or self._names[key] in self._skipped:
                 continue
             settled = self._totals.setdefault(key, [0.0, 0.0])
             settled[0] += float(total[0])
@@ -139,7 +143,7 @@ class BlockInfluenceImportance:
         return sorted(ranked, key=lambda s: (s.score, -s.position))
 
     def skipped(self) -> dict[str, str]:
-        """Layer list name -> why its blocks were not scored (they change the shape, or do not pass the state on)."""
+        """Layer list or block name -> why it was not scored (the blocks do not pass the state on; it changes the shape)."""
         return dict(self._skipped)
 
     def __call__(self, group: Any) -> torch.Tensor:
@@ -156,10 +160,6 @@ class _Chain:
 
     def passes_on(self, position: int, x: torch.Tensor, y: torch.Tensor) -> bool:
         if self.name in self.skipped:
-            return False
-        if x.shape != y.shape:
-            self.skipped[self.name] = (f"block {position} maps {tuple(x.shape)} to {tuple(y.shape)}; only blocks that keep "
-                                       "the shape can be scored (and removed)")
             return False
         last, self.last = self.last, (position, y)
         if position == self.length - 1:
