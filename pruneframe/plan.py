@@ -440,8 +440,8 @@ def _checked(plan: Any) -> dict[str, Any]:
     if not isinstance(plan, dict) or plan.get("format") != FORMAT:
         raise ValueError(f"not a pruneframe pruning plan (expected 'format': {FORMAT!r})")
     if plan.get("version") not in (VERSION, DEPTH_VERSION):
-        raise ValueError(f"pruning plan version {plan.get('version')!r}; this pruneframe reads versions {VERSION} and "
-                         f"{DEPTH_VERSION}")
+        raise ValueError(f"pruning plan version {plan.get('version')!r}; this pruneframe reads version {VERSION} (and "
+                         f"{DEPTH_VERSION}, a plan that removes whole layers)")
     kinds = ("out", "in", DEPTH) if plan["version"] == DEPTH_VERSION else ("out", "in")
     for step in plan.get("steps", []):
         for entry in step:
