@@ -29,6 +29,17 @@ def _target(text: str) -> str:
     return text.strip()
 
 
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def _size(text: str) -> int:
+    """A memory size in bytes: 2GB, 1.5G, 500MB, 2GiB or a plain number of bytes."""
+    match = _SIZE.match(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a size such as 2GB, 500MB or 1.5G")
+    return int(float(match.group(1)) * 1024 ** " kmgt".index(match.group(2).lower() or " "))
+
+
 class _StoreGiven(argparse.Action):
     """Store the value and note that it was given (its default alone is no conflict with a target)."""
 
@@ -73,7 +84,20 @@ def build_parser(version: str) -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this")
     model_options(p)
     p.add_argument("--all-layers", action="store_true", help="list every layer in the report, unchanged ones too")
-    p.add_argument("--out", default=None, help="file to save the pruned model to (required unless --dry-run)")
+    p.add_argument("--out", default=None, help="file to save the pruned model to (required unless --dry-run or --save-pretrained)")
+    p.add_argument("--save-pretrained", default=None, metavar="DIR",
+                   help="with hf:DIR: write the pruned model as a new Hugging Face directory (safetensors shards, index, "
+                        "config, tokenizer files) that from_pretrained loads; streamed shard by shard when the checkpoint "
+                        "is larger than --max-memory")
+    p.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
+                   help="with --save-pretrained: prune in memory only if the checkpoint's weights fit in SIZE (2GB, 500MB); "
+                        "otherwise plan on the meta device and stream (default: half the memory available)")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="with --save-pretrained and --importance activation|taylor|hessian: calibration text, one sample "
+                        "a line or JSON lines with a \"text\" field, tokenised with the checkpoint's tokenizer")
+    p.add_argument("--calibration-samples", type=int, default=128, metavar="N", help="use the first N samples (default 128)")
+    p.add_argument("--calibration-length", type=int, default=128, metavar="TOKENS",
+                   help="truncate each sample to this many tokens (default 128)")
     p.add_argument("--dry-run", action="store_true",
                    help="build, plan and report what would be removed and the MACs/parameters after; write nothing")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -130,11 +154,46 @@ def prune_argument_problem(args: argparse.Namespace) -> str | None:
                     "directory, pass hf:DIR as the model: its own weights are loaded)")
         if not os.access(args.weights, os.R_OK):
             return f"--weights {args.weights}: the file is not readable"
+    problem = _pretrained_problem(args)
+    if problem or args.save_pretrained is not None:
+        return problem
     if args.out is None:
         if not args.dry_run:
             return "--out FILE is missing: name the file to save the pruned model to, or pass --dry-run to write nothing"
         return None
     return out_problem(args.out, "pruned.pth")
+
+
+def _pretrained_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with --save-pretrained, --max-memory and --calibration (None if nothing)."""
+    if args.save_pretrained is None:
+        for flag, value in (("--max-memory", args.max_memory), ("--calibration", args.calibration)):
+            if value is not None:
+                return f"{flag} goes with --save-pretrained DIR (a Hugging Face checkpoint pruned into a new directory)"
+        return None
+    if not args.model.startswith("hf:") or not os.path.isdir(args.model[3:]):
+        return (f"--save-pretrained needs a Hugging Face checkpoint directory as the model (hf:DIR), not {args.model!r}; "
+                "use --out FILE for other models")
+    if args.out is not None or args.weights is not None or args.target_macs is not None or args.target_params is not None:
+        return "--save-pretrained takes the directory's own weights and a --ratio; leave out --out, --weights and --target-*"
+    if args.calibration is None and args.importance in ("activation", "taylor", "hessian"):
+        return f"--importance {args.importance} needs data: pass --calibration FILE (one text sample a line)"
+    if args.calibration is not None:
+        if args.importance not in ("activation", "taylor", "hessian"):
+            return (f"--calibration is read by --importance activation, taylor or hessian; --importance {args.importance} "
+                    "reads only the weights")
+        if not os.path.isfile(args.calibration) or not os.access(args.calibration, os.R_OK):
+            return f"--calibration {args.calibration}: no such readable file"
+    if args.calibration_samples < 1 or args.calibration_length < 1:
+        return "--calibration-samples and --calibration-length must be positive"
+    source, out = os.path.realpath(args.model[3:]), os.path.realpath(args.save_pretrained)
+    if out == source or out.startswith(source + os.sep):
+        return f"--save-pretrained {args.save_pretrained}: that is the checkpoint being read, or inside it; give a new directory"
+    if os.path.exists(args.save_pretrained) and not args.dry_run:
+        return f"--save-pretrained {args.save_pretrained}: it exists; give a new directory (nothing is overwritten)"
+    if not os.path.isdir(os.path.dirname(out)):
+        return f"--save-pretrained {args.save_pretrained}: the directory {os.path.dirname(out)} does not exist; create it first"
+    return None
 
 
 __all__ = ["DATA_FREE", "MODEL_HELP", "build_parser", "input_shape", "model_options", "out_problem", "prune_argument_problem"]

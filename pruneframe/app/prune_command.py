@@ -39,6 +39,10 @@ def _run(args: argparse.Namespace) -> int:
     from ..progress import stderr_is_terminal
 
     progress = args.progress if args.progress is not None else stderr_is_terminal()
+    if args.save_pretrained is not None:
+        from . import pretrained
+
+        return pretrained.run(args, progress)
     criterion = _criterion(args.importance)
     built = _build(args)
     _say(f"model: {args.model}")

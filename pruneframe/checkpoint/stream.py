@@ -65,14 +65,17 @@ def save_pruned(model: nn.Module, loader: LayerLoader, out: str | os.PathLike[st
             writer.close()
         if checkpoint.sharded:
             (staging / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        copy_side_files(checkpoint.directory, staging)  # first: the source's generation config is the one to keep
         _write_config(model, staging)
         plan_to_json(get_plan(model), str(staging / "pruning_plan.json"))
-        for item in sorted(checkpoint.directory.iterdir()):
-            if item.is_file() and item.suffix not in _NOT_COPIED and item.name not in _WRITTEN:
-                if item.name == "generation_config.json" and (staging / item.name).exists():
-                    continue
-                shutil.copy2(item, staging / item.name)
     return out_path
+
+
+def copy_side_files(source: Path, target: Path) -> None:
+    """Copy the files of ``source`` that are not weights, index or config (tokenizer, ...) into ``target``, unless there."""
+    for item in sorted(source.iterdir()):
+        if item.is_file() and item.suffix not in _NOT_COPIED and item.name not in _WRITTEN and not (target / item.name).exists():
+            shutil.copy2(item, target / item.name)
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -132,7 +135,8 @@ def _write_config(model: nn.Module, staging: Path) -> None:
     if config is not None and callable(getattr(config, "save_pretrained", None)):
         config.save_pretrained(staging)
     generation: Any = getattr(model, "generation_config", None)
-    if generation is not None and callable(getattr(generation, "save_pretrained", None)):
+    if generation is not None and callable(getattr(generation, "save_pretrained", None)) and \
+            not (staging / "generation_config.json").exists():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a config the model built by default warns that it is a default
             generation.save_pretrained(staging)
