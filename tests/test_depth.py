@@ -13,6 +13,8 @@ from pruneframe.errors import ModelStopsRunningError, PruningError
 from pruneframe.importance import BlockInfluenceImportance, NotCalibratedError
 from pruneframe.pruner import LayerScore, layer_lists, rank_layers, remove_layers
 from pruneframe.pruner.depth import position_history
+from pruneframe.registry import Registry, get_registry
+from pruneframe.registry.entries import ModuleHookEntry
 
 
 class Block(nn.Module):
@@ -301,3 +303,22 @@ def test_block_influence_only_ranks_removable_blocks_and_checks_its_arguments():
         rank_layers(nn.Linear(3, 3), [torch.randn(1, 3)])
     with pytest.raises(PruningError, match=r"scores whole blocks, not the channels of a group"):
         imp(None)
+
+
+def test_a_fixup_failing_undoes_the_removal():
+    def broken(module: nn.Module) -> None:
+        raise RuntimeError("Boom")
+
+    registry = get_registry()
+    entry = ModuleHookEntry((Block,), broken, "block-sizes", "a-plugin", False)
+    failing = Registry(registry.plugins, registry.layer_pruners, registry.op_handlers, registry.hints,
+                       [*registry.fixups, entry], registry.importances)
+    model = _model()
+    before = _snapshot(model)
+    with pytest.raises(PruningError, match=r"the fix-up 'block-sizes' of plugin 'a-plugin' on Block failed: RuntimeError: "
+                                           r"Boom.*restored"):
+        remove_layers(model, ["layers.1"], registry=failing)
+    after = _snapshot(model)
+    assert before[0] == after[0] and torch.equal(before[1], after[1])
+    assert [b.layer_idx for b in model.layers] == [0, 1, 2, 3, 4] and position_history(model.layers) == [[0, 1, 2, 3, 4]]
+    assert tp.state_dict(model)["pruning_plan"]["steps"] == []

@@ -38,7 +38,7 @@ from .. import plan
 from ..errors import ModelStopsRunningError, PruningError
 from ..graph.transaction import Transaction
 from ..progress import bar
-from ..registry import get_registry
+from ..registry import Registry, get_registry
 from ..runtime import Forward, default_forward, model_run, runs
 from ..wrappers import unwrap
 
@@ -231,12 +231,13 @@ def _block_of(model: nn.Module, lists: list[LayerList], item: Any, listed: str) 
         raise ValueError(f"the model has no module {item!r}; its layer lists: {listed}") from None
 
 
-def remove_layers(model: nn.Module, layers: Any, *, example_inputs: Any = None, forward_fn: Forward | None = None) -> list[str]:
+def remove_layers(model: nn.Module, layers: Any, *, example_inputs: Any = None, forward_fn: Forward | None = None,
+                  registry: Registry | None = None) -> list[str]:
     """Remove whole blocks from ``model``'s layer lists; returns their names (as they were). See the module docstring.
 
     ``layers``: blocks as modules, names (``"model.layers.3"``), positions (when the model has a single layer
     list) or ``LayerScore`` s. With ``example_inputs`` the model is run afterwards (in eval mode, left as it was)
-    and the removal is undone if it no longer runs.
+    and the removal is undone if it no longer runs. ``registry``: whose fix-ups run (default: the installed plugins').
     """
     inner = unwrap(model, pruning=True)
     lists = layer_lists(inner)
@@ -244,7 +245,7 @@ def remove_layers(model: nn.Module, layers: Any, *, example_inputs: Any = None, 
     if not chosen:
         return []
     removed = [ll.block_name(k) for ll, positions in chosen.values() for k in positions]
-    registry = get_registry(inner)
+    registry = registry or get_registry(inner)
     _, fixups = registry.module_hooks(inner)
     transaction = Transaction([ll.container for ll, _ in chosen.values()] + [m for m, _ in fixups])
     # the innermost lists first: a block's name is recorded before removals in an enclosing list renumber it
