@@ -322,3 +322,16 @@ def test_a_fixup_failing_undoes_the_removal():
     assert before[0] == after[0] and torch.equal(before[1], after[1])
     assert [b.layer_idx for b in model.layers] == [0, 1, 2, 3, 4] and position_history(model.layers) == [[0, 1, 2, 3, 4]]
     assert tp.state_dict(model)["pruning_plan"]["steps"] == []
+
+
+def test_a_graph_built_before_a_removal_refuses_to_prune_moved_layers():
+    """The graph names layers by where they were: after remove_layers its groups would prune the wrong block."""
+    model = _model()
+    graph = tp.DependencyGraph().build_dependency(model, X)
+    remove_layers(model, ["layers.1"])
+    before = _snapshot(model)
+    group = graph.get_pruning_group(model.layers[1].fc1, tp.prune_linear_out_channels, idxs=[0, 1])
+    with pytest.raises(PruningError, match=r"layers\.\d\.fc1 \(Linear\) is no longer at that place in the model .* build the graph again"):
+        group.prune()
+    after = _snapshot(model)
+    assert before[0] == after[0] and torch.equal(before[1], after[1])

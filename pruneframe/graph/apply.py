@@ -113,6 +113,7 @@ class PruneApplier:
                 + ". Check it first with DependencyGraph.check_pruning_group, or pick other indices."
             )
         targets = [dep.target for dep, _ in group]
+        check_still_there(self.model, targets)
         check_unchanged(targets)
         transaction = Transaction([n.module for n in targets if isinstance(n.module, nn.Module)] + [m for m, _ in self.fixups],
                                   [n.module for n in targets if isinstance(n.module, torch.Tensor)])
@@ -139,6 +140,21 @@ class PruneApplier:
         if record_history:
             self.history.append(records)
         plan.record(self.model, [plan.entry_of(dep.target, dep.kind, idxs) for dep, idxs in group])
+
+
+def check_still_there(model: nn.Module, nodes: list[Node]) -> None:
+    """Refuse to prune a layer that is no longer where the graph found it (its block was removed or moved since)."""
+    for node in nodes:
+        if node.kind != "layer" or not isinstance(node.module, nn.Module):
+            continue
+        try:
+            found = model.get_submodule("" if node.name == "(model)" else node.name)
+        except AttributeError:
+            found = None
+        if found is not node.module:
+            raise PruningError(f"{node.name} ({node.type}) is no longer at that place in the model (layers were removed or "
+                               "moved since this graph was built, e.g. by remove_layers): build the graph again "
+                               "(DependencyGraph().build_dependency, or a new MetaPruner). Nothing was changed.")
 
 
 def check_unchanged(nodes: list[Node]) -> None:
