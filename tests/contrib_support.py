@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from conftest import subprocess_env
 
@@ -72,3 +72,17 @@ def installed_in_process(site: Path, package: str) -> Iterator[None]:
         for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
             del sys.modules[name]
         importlib.invalidate_caches()
+
+
+CONTRIB_ROOT = Path(__file__).resolve().parents[1] / "contrib"
+
+
+def contrib_plugin(tmp_path_factory: Any, distribution: str) -> Iterator[Any]:
+    """The body of a module-scoped fixture: ``contrib/<distribution>`` installed offline and in use; yields its package.
+
+    ``yield from contrib_plugin(tmp_path_factory, "pruneframe-transformers")``.
+    """
+    package = distribution.replace("-", "_")
+    site = install_offline(CONTRIB_ROOT / distribution, tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site"))
+    with installed_in_process(site, package):
+        yield importlib.import_module(package)

@@ -22,9 +22,8 @@ import pruneframe as tp
 from pruneframe.plan import get_plan, plan_from_json
 from pruneframe.checkpoint import Checkpoint, CheckpointError, CheckpointImportance, LayerLoader, open_for_planning, save_pruned
 
-from contrib_support import install_offline, installed_in_process
+from contrib_support import contrib_plugin
 
-CONTRIB = Path(__file__).resolve().parents[1] / "contrib" / "pruneframe-transformers"
 
 
 def digest(directory: Path) -> dict[str, str]:
@@ -196,11 +195,7 @@ def test_an_interrupted_write_leaves_no_output_and_the_source_as_it_was(tmp_path
 @pytest.fixture(scope="module")
 def transformers_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     pytest.importorskip("transformers")
-    site = install_offline(CONTRIB, tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site"))
-    with installed_in_process(site, "pruneframe_transformers"):
-        import pruneframe_transformers
-
-        yield pruneframe_transformers
+    yield from contrib_plugin(tmp_path_factory, "pruneframe-transformers")
 
 
 @pytest.mark.slow

@@ -15,21 +15,14 @@ import torch
 
 from pruneframe.app.cli import main
 
-from contrib_support import install_offline, installed_in_process
+from contrib_support import contrib_plugin
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
 
-CONTRIB = Path(__file__).resolve().parents[1] / "contrib" / "pruneframe-transformers"
-
-
 @pytest.fixture(scope="module", autouse=True)
 def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    site = install_offline(CONTRIB, tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site"))
-    with installed_in_process(site, "pruneframe_transformers"):
-        import pruneframe_transformers
-
-        yield pruneframe_transformers
+    yield from contrib_plugin(tmp_path_factory, "pruneframe-transformers")
 
 
 @pytest.fixture(scope="module")

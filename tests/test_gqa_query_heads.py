@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import tempfile
 import warnings
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -23,7 +22,7 @@ from torch import nn
 
 import pruneframe as tp
 
-from contrib_support import install_offline, installed_in_process
+from contrib_support import contrib_plugin
 
 HEADS, KV_HEADS, HEAD_DIM, WIDTH = 8, 2, 8, 32
 X = torch.randn(2, 5, WIDTH, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -192,17 +191,12 @@ def test_bad_query_head_arguments_are_refused_before_anything_runs(kwargs: dict[
 
 
 # --- a LLaMA from transformers, with the contrib plugin installed -------------------------------------------------
-CONTRIB = Path(__file__).resolve().parents[1] / "contrib" / "pruneframe-transformers"
 
 
 @pytest.fixture(scope="module")
 def transformers_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     pytest.importorskip("transformers")
-    site = install_offline(CONTRIB, tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site"))
-    with installed_in_process(site, "pruneframe_transformers"):
-        import pruneframe_transformers
-
-        yield pruneframe_transformers
+    yield from contrib_plugin(tmp_path_factory, "pruneframe-transformers")
 
 
 @pytest.mark.slow

@@ -4,8 +4,8 @@ Opening reads only the index and each shard's header: a missing shard, an
 index naming a file that is not there, a header that does not parse, a shard
 shorter than its header says, or a tensor the index puts in a shard that does
 not hold it are errors naming the file, before anything else happens. Tensors
-are then read one at a time through ``safetensors.safe_open`` (memory-mapped),
-so no shard is loaded whole.
+are then read one at a time, only their own bytes, so no shard is loaded or
+mapped whole.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ class TensorInfo:
     shard: str
     dtype: str
     shape: tuple[int, ...]
+    start: int = 0  # where its bytes begin in the shard file
 
     @property
     def nbytes(self) -> int:
@@ -75,6 +76,7 @@ def read_header(path: Path) -> dict[str, Any]:
     if 8 + length + end != size:
         raise CheckpointError(f"{path} is truncated or damaged: its header needs {8 + length + end} bytes, the file has {size}. "
                               "Copy or download it again.")
+    header["__data_start__"] = 8 + length
     return header
 
 
@@ -110,10 +112,13 @@ class Checkpoint:
         for shard in shards:
             header = read_header(self.directory / shard)
             self.metadata[shard] = header.pop("__metadata__", None)
+            data_start = header.pop("__data_start__")
             order = sorted(header, key=lambda n: header[n]["data_offsets"][0])
             self.shards[shard] = order
             for name in order:
-                self.tensors[name] = TensorInfo(shard, header[name]["dtype"], tuple(int(s) for s in header[name]["shape"]))
+                entry = header[name]
+                self.tensors[name] = TensorInfo(shard, entry["dtype"], tuple(int(s) for s in entry["shape"]),
+                                                data_start + int(entry["data_offsets"][0]))
         if weight_map:
             wrong = [f"{n} (in {s})" for n, s in weight_map.items() if self.tensors.get(n, TensorInfo("", "F32", ())).shard != s]
             if wrong:
@@ -137,16 +142,26 @@ class Checkpoint:
         return sum(self.shard_bytes(s) for s in self.shards)
 
     def get(self, name: str) -> torch.Tensor:
-        """Tensor ``name``, read from its shard (only it)."""
-        from safetensors import safe_open
+        """Tensor ``name``, read from its shard: only its bytes, into memory of its own (no mapping of the shard).
 
+        A memory-mapped read would leave every page it touched resident in this process until the shard is
+        closed; reading the bytes keeps the resident memory at the tensors in use.
+        """
         info = self.tensors[name]
         handle = self._open.get(info.shard)
         if handle is None:
-            handle = self._open[info.shard] = safe_open(str(self.directory / info.shard), framework="pt")
-        return handle.get_tensor(name)
+            handle = self._open[info.shard] = open(self.directory / info.shard, "rb")
+        data = bytearray(info.nbytes)
+        handle.seek(info.start)
+        if handle.readinto(data) != info.nbytes:
+            raise CheckpointError(f"{self.directory / info.shard} ended inside tensor {name}; the file changed since it was opened")
+        if not data:
+            return torch.empty(info.shape, dtype=DTYPES[info.dtype])
+        return torch.frombuffer(data, dtype=DTYPES[info.dtype]).reshape(info.shape)
 
     def close(self) -> None:
+        for handle in self._open.values():
+            handle.close()
         self._open.clear()
 
     def __enter__(self) -> "Checkpoint":
