@@ -248,3 +248,33 @@ def test_a_checkpoint_whose_shapes_disagree_with_its_config_is_refused(tmp_path:
     with pytest.raises(CheckpointError, match=r"do not fit the model its config builds .*mlp\.down_proj\.weight: \(64, 128\) here, "
                                               r"\(64, 96\) in the model"):
         open_for_planning(tmp_path / "source")
+
+
+@pytest.mark.slow
+def test_activation_calibration_onloads_each_layer_and_gives_the_plan_made_in_memory(tmp_path: Path,
+                                                                                     transformers_plugin: Any) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "source", max_shard_size="40KB")
+    batches = [{"input_ids": torch.randint(0, 128, (1, 10))} for _ in range(3)]
+    in_memory = copy.deepcopy(model)
+    kwargs = dict(pruning_ratio=0.3, round_to=4)
+    pruner = tp.pruner.MetaPruner(in_memory, batches[0], importance=tp.importance.ActivationImportance(),
+                                  ignored_layers=[in_memory.lm_head], forward_fn=lambda m, i: m(**i).logits, **kwargs)
+    pruner.calibrate(batches)
+    pruner.step()
+    session = open_for_planning(tmp_path / "source")
+    planned = session.model
+    with session.loader.onloading(), torch.no_grad():  # the planned model runs for real, one onloaded layer at a time
+        assert torch.equal(planned(**batches[0]).logits, model(**batches[0]).logits)
+    assert planned.model.layers[1].mlp.down_proj.weight.is_meta  # and holds no weights afterwards
+    pruner = tp.pruner.MetaPruner(planned, session.example_inputs, importance=tp.importance.ActivationImportance(),
+                                  ignored_layers=[planned.lm_head], forward_fn=session.forward, **kwargs)
+    with session.loader.onloading():
+        pruner.calibrate(batches)
+    pruner.step()
+    assert get_plan(planned) == get_plan(in_memory)

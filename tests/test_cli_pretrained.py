@@ -82,12 +82,16 @@ def test_activation_importance_reads_a_calibration_file(checkpoint: Path, tmp_pa
     assert AutoConfig.from_pretrained(tmp_path / "a").intermediate_size == AutoConfig.from_pretrained(tmp_path / "b").intermediate_size
     x = torch.randint(0, 128, (1, 7))
     assert not torch.equal(logits(tmp_path / "a", x), logits(tmp_path / "b", x))  # other channels were chosen
+    # streamed: the calibration forwards onload each layer from the shards while it runs; the same channels go
+    assert main([*argv, str(tmp_path / "streamed"), "--max-memory", "10KB"]) == 0
+    assert "mode: streaming" in capsys.readouterr().out
+    assert torch.equal(logits(tmp_path / "a", x), logits(tmp_path / "streamed", x))
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--importance", "activation"], "--importance activation needs data: pass --calibration FILE"),
-    (["--importance", "activation", "--calibration", "{calibration}", "--max-memory", "1KB"],
-     "runs the model on calibration data, which needs it in memory"),
+    (["--importance", "taylor", "--calibration", "{calibration}", "--max-memory", "1KB"],
+     "--importance taylor needs gradients, which a model planned without its weights does not have"),
     (["--calibration", "{calibration}"], "--calibration is read by --importance activation, taylor or hessian"),
     (["--calibration", "{missing}", "--importance", "activation"], "no such readable file"),
     (["--out", "{out}.pth"], "leave out --out, --weights and --target-*"),

@@ -4,8 +4,9 @@ The checkpoint is opened and checked whole first (shards, index, shapes
 against its config). When its safetensors fit in ``--max-memory`` (default:
 half the memory available now) the model is loaded and pruned in memory;
 otherwise it is planned on the meta device with importance read from the
-shards one layer at a time and the prune is streamed shard by shard
-(``pruneframe.checkpoint``). Either way the output directory appears only
+shards one layer at a time (``--importance activation``: calibration forwards
+onload each layer from the shards while it runs) and the prune is streamed
+shard by shard (``pruneframe.checkpoint``). Either way the output directory appears only
 once it is complete. ``--calibration FILE`` (one sample a line, or JSON lines
 with a "text" field) feeds a data-driven importance, tokenised with the
 checkpoint's own tokenizer; nothing is downloaded.
@@ -13,10 +14,13 @@ checkpoint's own tokenizer; nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import attrs
 
 from .prune_command import CommandError, after_pruning
 
@@ -63,12 +67,26 @@ def run(args: argparse.Namespace, progress: bool) -> int:
          f"the largest {human(checkpoint.largest_shard_bytes)})")
     _say(f"mode: {'streaming: planned on the meta device, weights read one layer at a time' if streaming else 'in memory'} "
          f"(--max-memory {human(limit)})")
-    if streaming and args.importance in CALIBRATED:
-        raise CommandError(f"--importance {args.importance} runs the model on calibration data, which needs it in memory, and "
-                           f"this checkpoint ({human(checkpoint.total_bytes)}) is larger than --max-memory; use a weight "
-                           "criterion (l1, l2, lamp, fpgm) or raise --max-memory. Nothing was written.")
-    model, inputs, forward, criterion, batches, save = _streamed(directory, args) if streaming else _in_memory(directory, args)
-    return _prune(model, inputs, forward, criterion, batches, save, args, progress)
+    if streaming and args.importance in ("taylor", "hessian"):
+        raise CommandError(f"--importance {args.importance} needs gradients, which a model planned without its weights does "
+                           f"not have, and this checkpoint ({human(checkpoint.total_bytes)}) is larger than --max-memory; use "
+                           "--importance activation (calibrated one layer at a time) or a weight criterion (l1, l2, lamp, "
+                           "fpgm), or raise --max-memory. Nothing was written.")
+    target = _streamed(directory, args) if streaming else _in_memory(directory, args)
+    return _prune(target, args, progress)
+
+
+@attrs.define
+class _Target:
+    """What the prune works on: the model, its inputs and call, the criterion, calibration batches, how to save."""
+
+    model: Any
+    inputs: Any
+    forward: Any
+    criterion: Any
+    batches: list[Any]
+    save: Callable[[bool], None]
+    calibrating: Callable[[], Any] = contextlib.nullcontext  # what the calibration forwards run inside
 
 
 def _weight_criterion(name: str) -> Any:
@@ -85,9 +103,12 @@ def _streamed(directory: Path, args: argparse.Namespace) -> tuple[Any, ...]:
 
     try:
         session = open_for_planning(directory, sequence_length=32)  # the length the in-memory path counts MACs for
-        criterion = session.importance(_weight_criterion(args.importance))
+        criterion = _weight_criterion(args.importance)
+        if args.importance not in CALIBRATED:
+            criterion = session.importance(criterion)
     except (CheckpointError, TypeError) as exc:
         raise CommandError(str(exc)) from exc
+    batches = _calibration_batches(directory, args, session.model.config)
 
     def save(progress: bool) -> None:
         from ..progress import bar
@@ -96,7 +117,7 @@ def _streamed(directory: Path, args: argparse.Namespace) -> tuple[Any, ...]:
         with bar("writing shards (MB)", total=total // 2**20 + 1, enabled=progress, unit="MB") as shown:
             session.save(args.save_pretrained, progress=lambda nbytes, shard: shown.update(nbytes / 2**20))
 
-    return session.model, session.example_inputs, session.forward, criterion, [], save
+    return _Target(session.model, session.example_inputs, session.forward, criterion, batches, save, session.loader.onloading)
 
 
 def _in_memory(directory: Path, args: argparse.Namespace) -> tuple[Any, ...]:
@@ -124,7 +145,7 @@ def _in_memory(directory: Path, args: argparse.Namespace) -> tuple[Any, ...]:
             model.save_pretrained(staging)
             copy_side_files(directory, staging)
 
-    return model, inputs, _forward, criterion, batches, save
+    return _Target(model, inputs, _forward, criterion, batches, save)
 
 
 def _forward(model: Any, inputs: dict[str, Any]) -> Any:
@@ -174,12 +195,12 @@ def read_samples(path: str) -> list[str]:
     return samples
 
 
-def _prune(model: Any, inputs: Any, forward: Any, criterion: Any, batches: list[Any], save: Any, args: argparse.Namespace,
-           progress: bool) -> int:
+def _prune(target: _Target, args: argparse.Namespace, progress: bool) -> int:
     from ..pruner import MetaPruner
     from ..utils import count_ops_and_params
     from .report import layer_sizes
 
+    model, inputs, forward, batches = target.model, target.inputs, target.forward, target.batches
     names = dict(model.named_modules())
     missing = [n for n in args.ignore if n not in names]
     if missing:
@@ -187,14 +208,15 @@ def _prune(model: Any, inputs: Any, forward: Any, criterion: Any, batches: list[
     snapshot = layer_sizes(model)
     before = count_ops_and_params(model, inputs, forward_fn=forward)[:2]
     _say(f"(MACs are counted for one sequence of {inputs['input_ids'].shape[-1]} tokens)")
-    pruner = MetaPruner(model, inputs, criterion, pruning_ratio=args.ratio, global_pruning=args.global_pruning,
+    pruner = MetaPruner(model, inputs, target.criterion, pruning_ratio=args.ratio, global_pruning=args.global_pruning,
                         iterative_steps=args.steps, round_to=args.round_to, ignored_layers=[names[n] for n in args.ignore],
                         forward_fn=forward, progress=progress)
     for k in range(args.steps):
         started = time.perf_counter()
         if batches:
             loss = _lm_loss if args.importance in ("taylor", "hessian") else None
-            pruner.calibrate(batches, loss_fn=loss, progress=progress)
+            with target.calibrating():
+                pruner.calibrate(batches, forward_fn=forward, loss_fn=loss, progress=progress)
         pruner.step()
         macs, params = count_ops_and_params(model, inputs, forward_fn=forward)[:2]
         _say(f"step {k + 1}/{args.steps}: MACs {macs / 1e9:.4f} G, parameters {params / 1e6:.4f} M "
@@ -206,7 +228,7 @@ def _prune(model: Any, inputs: Any, forward: Any, criterion: Any, batches: list[
         _say(f"dry run: nothing was written (not even --save-pretrained {args.save_pretrained})")
         return 0
     started = time.perf_counter()
-    save(progress)
+    target.save(progress)
     _say(f"saved to {args.save_pretrained} ({time.perf_counter() - started:.1f} s); load it with "
          f"transformers' from_pretrained({args.save_pretrained!r})")
     return 0

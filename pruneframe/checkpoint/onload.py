@@ -93,3 +93,43 @@ class LayerLoader:
         finally:
             for owner, table, attr, original in kept:
                 getattr(owner, table)[attr] = original
+
+    @contextlib.contextmanager
+    def onloading(self, device: torch.device | str | None = None) -> Iterator[nn.Module]:
+        """Inside, running the planned model onloads each layer just while it runs (layer-wise onloading).
+
+        The model's parameters stay on the meta device outside a layer's own forward; its buffers must be real
+        (``open_for_planning`` builds it so). A layer is the outermost module a plugin prunes, or any module with
+        parameters of its own; code that reads a layer's weights outside that layer's forward sees meta tensors
+        and fails with torch's message about meta tensors.
+        """
+        handles = []
+        for name, module in self._units():
+            state: dict[str, Any] = {}
+
+            def pre(mod: nn.Module, args: Any, name: str = name, state: dict[str, Any] = state) -> None:
+                state["context"] = self.onloaded(mod, name, device)
+                state["context"].__enter__()
+
+            def post(mod: nn.Module, args: Any, output: Any, state: dict[str, Any] = state) -> None:
+                state.pop("context").__exit__(None, None, None)
+
+            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(post, always_call=True))
+        try:
+            yield self.model
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _units(self) -> list[tuple[str, nn.Module]]:
+        """The modules onloaded as one: the outermost a plugin prunes, or those with tensors of their own."""
+        units, inside = [], set()
+        for name, module in self.model.named_modules():
+            if id(module) in inside:
+                continue
+            own = any(True for _ in module.parameters(recurse=False))
+            if self.registry.resolve(type(module)) is not None or own:
+                units.append((name or "(model)", module))
+                inside.update(id(m) for m in module.modules())
+        return units

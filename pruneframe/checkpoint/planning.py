@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..importance.criteria import PerLayerImportance
+from .building import parameters_on_meta
 from .importance import CheckpointImportance
 from .onload import LayerLoader
 from .reader import Checkpoint, CheckpointError
@@ -55,7 +56,7 @@ def build_on_meta(config: Any) -> nn.Module:
 
     found = [getattr(transformers, name, None) for name in getattr(config, "architectures", None) or ()]
     cls = next((c for c in found if isinstance(c, type) and issubclass(c, nn.Module)), None)
-    with torch.device("meta"):
+    with parameters_on_meta():  # buffers real: the model can run once its layers are onloaded (calibration)
         return cls(config) if cls is not None else transformers.AutoModel.from_config(config)
 
 
