@@ -57,6 +57,32 @@ def check_layers_of(model: nn.Module, ignored_layers: Any, pruning_ratio_dict: A
             raise ValueError(f"num_heads[{names[id(layer)]}]={heads!r}: the number of heads must be a positive int")
 
 
+def check_remove_layers(model: nn.Module, remove_layers: Any) -> int | tuple[str, ...] | None:
+    """``remove_layers`` checked against ``model`` before anything is traced: a count, or the blocks' names (as a tuple)."""
+    from .depth import LayerScore, check_layers, layer_lists, removable_count
+
+    if remove_layers is None:
+        return None
+    if isinstance(remove_layers, int) and not isinstance(remove_layers, bool):
+        most = removable_count(model)
+        if remove_layers < 0 or (remove_layers > most and remove_layers > 0):
+            lists = ", ".join(f"{ll.name or '(model)'}: {len(ll.removable)} of {len(ll)} blocks" for ll in layer_lists(model))
+            raise ValueError(f"remove_layers={remove_layers}: give a count from 0 to {most}, the blocks this model can lose "
+                             f"(removable per layer list: {lists or 'none, the model has no layer list'}; each list keeps one)")
+        return remove_layers
+    items = [remove_layers] if isinstance(remove_layers, (str, nn.Module)) else remove_layers
+    if not isinstance(items, (list, tuple)) or any(isinstance(i, (int, bool)) for i in items):
+        raise TypeError(f"remove_layers={short_repr(remove_layers)}: give a count (remove that many blocks, ranked by "
+                        "pruner.calibrate(batches)) or a list of block names such as ['model.layers.3']")
+    if not all(isinstance(i, (str, nn.Module, LayerScore)) for i in items):
+        bad = next(i for i in items if not isinstance(i, (str, nn.Module, LayerScore)))
+        raise TypeError(f"remove_layers: {short_repr(bad)} ({type(bad).__name__}) is not a block; name it, e.g. 'model.layers.3'")
+    try:
+        return tuple(check_layers(model, items))
+    except ValueError as exc:
+        raise ValueError(f"remove_layers: {exc}") from None
+
+
 def schedule(scheduler: Callable[[float, int], Sequence[float]], ratio: float, steps: int) -> list[float]:
     values = list(scheduler(ratio, steps))
     if len(values) != steps + 1:

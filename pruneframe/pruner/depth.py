@@ -231,6 +231,33 @@ def _block_of(model: nn.Module, lists: list[LayerList], item: Any, listed: str) 
         raise ValueError(f"the model has no module {item!r}; its layer lists: {listed}") from None
 
 
+def check_layers(model: nn.Module, layers: Any) -> list[str]:
+    """The names of the blocks ``remove_layers(model, layers)`` would remove, checked as it checks them; nothing changes."""
+    inner = unwrap(model, pruning=True)
+    return [ll.block_name(k) for ll, positions in _choose(inner, layer_lists(inner), layers).values() for k in positions]
+
+
+def removable_count(model: nn.Module) -> int:
+    """How many blocks can go at most: every removable block, but each layer list keeps one."""
+    return sum(min(len(ll.removable), len(ll) - 1) for ll in layer_lists(model))
+
+
+def original_names(model: nn.Module) -> dict[str, str]:
+    """Each module's name now -> its name before any removal (a kept block was renumbered: ``layers.2`` -> ``layers.3``)."""
+    model = unwrap(model)
+    found = {"": ""}
+    for name, module in model.named_modules():
+        before = found[name]
+        history = module.__dict__.get(_HISTORY)
+        numbered = history is not None and _numbered(module)
+        for key, child in module._modules.items():
+            if child is None:
+                continue
+            old = str(history[-1][int(key)]) if numbered else key
+            found.setdefault(f"{name}.{key}" if name else key, f"{before}.{old}" if before else old)
+    return found
+
+
 def remove_layers(model: nn.Module, layers: Any, *, example_inputs: Any = None, forward_fn: Forward | None = None,
                   registry: Registry | None = None) -> list[str]:
     """Remove whole blocks from ``model``'s layer lists; returns their names (as they were). See the module docstring.
@@ -310,4 +337,5 @@ def rank_layers(model: nn.Module, batches: Iterable[Any], *, importance: Any = N
     return imp.ranking()
 
 
-__all__ = ["LayerList", "LayerScore", "layer_lists", "position_history", "rank_layers", "remove_layers", "remove_positions"]
+__all__ = ["LayerList", "LayerScore", "check_layers", "layer_lists", "original_names", "position_history", "rank_layers",
+           "removable_count", "remove_layers", "remove_positions"]

@@ -29,10 +29,11 @@ from ..progress import bar
 from ..registry import get_registry
 from ..runtime import heap_frozen
 from ..wrappers import unwrap
-from . import calibration, targets
-from .arguments import (check_arguments, check_layers_of, linear_scheduler, parameter_pairs, ratio_dict_schedules, schedule,
-                        with_whole_heads_variants)
+from . import targets
+from .arguments import (check_arguments, check_layers_of, check_remove_layers, linear_scheduler, parameter_pairs,
+                        ratio_dict_schedules, schedule, with_whole_heads_variants)
 from .selection import Candidate, Limits, choose_ranked, join_blocks, select
+from .depth_steps import DepthSteps
 from .query_heads import QueryHeadSteps
 from .target_steps import TargetSteps
 
@@ -54,7 +55,7 @@ class _HeadsTiedError(Exception):
     """Whole heads were asked for, but the traced ties join every head of the group into one block."""
 
 
-class MetaPruner(TargetSteps, QueryHeadSteps):
+class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps):
     """Prune ``model`` with ``importance`` to ``pruning_ratio`` of its channels, in ``iterative_steps`` steps.
 
     Arguments follow Torch-Pruning's ``MetaPruner`` (``BasePruner``); see the module docstring for how
@@ -66,7 +67,8 @@ class MetaPruner(TargetSteps, QueryHeadSteps):
     share of the target (see ``pruneframe.pruner.targets``); ``target_result`` then says what was reached.
     ``progress=True`` shows progress bars on stderr (tracing, scoring, the search, pruning).
     ``prune_query_heads=True``: grouped-query attention loses query heads, the same number from every key/value
-    group, instead of whole groups (see ``pruneframe.pruner.query_heads``).
+    group, instead of whole groups (see ``pruneframe.pruner.query_heads``). ``remove_layers=n`` (ranked by
+    ``calibrate(batches)``) or ``=[block names]`` removes whole blocks first (see ``pruneframe.pruner.depth_steps``).
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class MetaPruner(TargetSteps, QueryHeadSteps):
         target_params: float | str | None = None,
         progress: bool = False,
         prune_query_heads: bool = False,
+        remove_layers: int | Sequence[str] | None = None,
     ):
         if ch_sparsity is not None:  # Torch-Pruning's older names
             warnings.warn("ch_sparsity is deprecated: use pruning_ratio", DeprecationWarning, stacklevel=2)
@@ -115,6 +118,7 @@ class MetaPruner(TargetSteps, QueryHeadSteps):
 
         model = unwrap(model, pruning=True)  # torch.compile / DataParallel: prune the module they hold
         check_layers_of(model, ignored_layers, pruning_ratio_dict, num_heads)
+        self.remove_layers = check_remove_layers(model, remove_layers)
         self.model = model
         self.example_inputs = example_inputs
         self.importance = importance
@@ -165,18 +169,16 @@ class MetaPruner(TargetSteps, QueryHeadSteps):
             self.DG = self._trace_graph()
             tracing.update()
         # Widths before any step: targets are ratios of these, so iterative steps do not compound.
-        self._original: dict[nn.Module, int] = {}
-        for module, node in self.DG.module2node.items():
-            if node.out_space is not None:
-                self._original[module] = node.out_space.size
-        # Head widths, so num_heads can follow when whole heads go (Torch-Pruning's scripts read it back).
-        self._head_dims = {m: self._original[m] // h for m, h in self.num_heads.items()
+        self._original: dict[nn.Module, int] = {m: node.out_space.size for m, node in self.DG.module2node.items()
+                                                if node.out_space is not None}
+        self._head_dims = {m: self._original[m] // h for m, h in self.num_heads.items()  # so num_heads follows whole heads
                            if m in self._original and h > 0 and self._original[m] % h == 0}
         self._whole_heads: set[nn.Module] = set()  # layers whose heads were scored as whole heads this step
 
     # --- public API ---------------------------------------------------------------------
     def step(self, interactive: bool = False) -> Iterator[Group] | None:
         """Prune one step; with ``interactive`` return a generator of the groups instead (prune them yourself)."""
+        self._remove_pending_layers()  # remove_layers: the first step starts with it, in either mode
         self.current_step += 1
         self.left_whole = []  # this step's: a group left whole before is scored again, and reported again if it stays
         if interactive:
@@ -204,10 +206,10 @@ class MetaPruner(TargetSteps, QueryHeadSteps):
         ``TaylorImportance`` and ``HessianImportance`` need ``loss_fn(model, batch) -> loss`` and accumulate
         gradients over every batch (Taylor's land in ``.grad``, replacing what was there). The model runs in eval
         mode and is otherwise left as it was; under ``torch.distributed`` the statistics are summed over the
-        ranks. ``progress`` (default: the pruner's) shows a bar. Returns the number of batches run.
-        See ``pruneframe.pruner.calibration``.
+        ranks. ``progress`` (default: the pruner's) shows a bar. Returns the number of batches run. With ``remove_layers=n``
+        it ranks the blocks too. See ``pruneframe.pruner.calibration`` and ``depth_steps``.
         """
-        return calibration.calibrate(self, batches, forward_fn=forward_fn, loss_fn=loss_fn, progress=progress)
+        return self._calibrate(batches, forward_fn, loss_fn, progress)
 
     def _interactive_groups(self) -> Iterator[Group]:
         yield from self._query_head_groups()
@@ -253,7 +255,7 @@ class MetaPruner(TargetSteps, QueryHeadSteps):
         return min(self.head_pruning_ratio_dict.get(module, self.per_step_head_pruning_ratio)[step], 1.0)
 
     def pruning_history(self) -> list:
-        return self._earlier_history + self.DG.pruning_history()
+        return self._graph_history(self._earlier_history + self.DG.pruning_history())
 
     def reset(self) -> None:
         self.current_step = 0
