@@ -19,6 +19,12 @@ PRODUCT_SLICES = ("the slices of a product they belong to (e.g. an attention hea
                   "could vanish in one operand only")
 
 
+def _split(edges: torch.Tensor, is_reason: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The edges between channels, and those that tie a channel to a reason to keep it."""
+    blocking = is_reason[edges[0]] | is_reason[edges[1]]
+    return edges[:, ~blocking], edges[:, blocking]
+
+
 class ChannelCoupling:
     """Coupling components of every traced channel id, with what blocks them."""
 
@@ -35,15 +41,19 @@ class ChannelCoupling:
                 ids = space.ids()
                 edges.append(torch.stack([ids, torch.full_like(ids, reason_id)]))
                 edges.append(torch.tensor([[reason_id], [0]]))
-        all_edges = torch.cat(edges, 1)
         # Membership follows couplings only; whether a channel is blocked follows the ties to reasons too.
         # (Blocked channels all meet at id 0: through those ties they would form one meaningless group.)
         is_reason = torch.zeros(n_ids, dtype=torch.bool)
         is_reason[0] = True
         is_reason[list(reasons)] = True
-        blocking = is_reason[all_edges[0]] | is_reason[all_edges[1]]
-        roots, kept_slices = resolve_slice_ties(n_ids, all_edges[:, ~blocking], trace.ties, is_reason)
-        reason_edges = all_edges[:, blocking]
+        # split each piece, not their concatenation: the trace's edges are the big one (~250 MB at 70B) and are
+        # copied once, the kept spaces' edges (all to a reason) are small
+        free, reason_edges = zip(*(_split(e, is_reason) for e in edges))
+        coupled = free[0] if all(not f.numel() for f in free[1:]) else torch.cat(free, 1)
+        del free
+        roots, kept_slices = resolve_slice_ties(n_ids, coupled, trace.ties, is_reason)
+        del coupled
+        reason_edges = torch.cat(reason_edges, 1)
         if kept_slices.numel():
             reason_id, n_ids = n_ids, n_ids + 1
             reasons[reason_id] = PRODUCT_SLICES

@@ -100,11 +100,24 @@ def trace(
             UnsupportedOpWarning,
             stacklevel=3,
         )
-    edges = torch.cat(recorder.edges, dim=1) if recorder.edges else torch.empty(2, 0, dtype=torch.long)
+    edges = _joined(recorder.edges)
     return TraceResult(recorder.nodes, recorder.spaces, recorder.next_id, edges, recorder.reasons, recorder.unsupported_ops,
                        "shapes" if recorder.shapes_only else "real", recorder.ties,
                        torch.unique(torch.cat(recorder.code_sized)) if recorder.code_sized else torch.empty(0, dtype=torch.long),
                        recorder.eval_mode)
+
+
+def _joined(pieces: list[torch.Tensor]) -> torch.Tensor:
+    """The 2 x E edge pieces side by side, each freed once copied: one copy of them at a time, not two (a 70B graph's
+    edges are some 250 MB)."""
+    joined = torch.empty(2, sum(p.shape[1] for p in pieces), dtype=torch.long)
+    start = 0
+    pieces.reverse()
+    while pieces:
+        piece = pieces.pop()
+        joined[:, start:start + piece.shape[1]] = piece
+        start += piece.shape[1]
+    return joined
 
 
 def _record_somehow(model: nn.Module, example_inputs: Any, registry: Registry, leaves: dict[nn.Module, Node],
