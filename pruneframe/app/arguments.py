@@ -40,6 +40,18 @@ def _size(text: str) -> int:
     return int(float(match.group(1)) * 1024 ** " kmgt".index(match.group(2).lower() or " "))
 
 
+def _layers_to_remove(text: str) -> int | tuple[str, ...]:
+    """``--remove-layers``: a count (ranked by block influence on calibration data) or block names separated by commas."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names or any(n.lstrip("+-").isdigit() for n in names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count of blocks to remove (2) or their names separated by "
+                                         "commas (model.layers.3,model.layers.5)")
+    return names
+
+
 class _StoreGiven(argparse.Action):
     """Store the value and note that it was given (its default alone is no conflict with a target)."""
 
@@ -82,6 +94,10 @@ def build_parser(version: str) -> argparse.ArgumentParser:
     p.add_argument("--global", dest="global_pruning", action="store_true", help="rank all groups together")
     p.add_argument("--steps", type=int, default=1, help="reach the ratio (or target) in this many steps")
     p.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this")
+    p.add_argument("--remove-layers", type=_layers_to_remove, default=None, metavar="N|NAME[,NAME]",
+                   help="first remove whole blocks of the model's layer lists: these (model.layers.3,model.layers.5), or "
+                        "the N that change the hidden state least on --calibration text (block influence; hf:DIR with "
+                        "--save-pretrained)")
     model_options(p)
     p.add_argument("--all-layers", action="store_true", help="list every layer in the report, unchanged ones too")
     p.add_argument("--out", default=None, help="file to save the pruned model to (required unless --dry-run or --save-pretrained)")
@@ -154,7 +170,7 @@ def prune_argument_problem(args: argparse.Namespace) -> str | None:
                     "directory, pass hf:DIR as the model: its own weights are loaded)")
         if not os.access(args.weights, os.R_OK):
             return f"--weights {args.weights}: the file is not readable"
-    problem = _pretrained_problem(args)
+    problem = _remove_layers_problem(args) or _pretrained_problem(args)
     if problem or args.save_pretrained is not None:
         return problem
     if args.out is None:
@@ -179,9 +195,9 @@ def _pretrained_problem(args: argparse.Namespace) -> str | None:
     if args.calibration is None and args.importance in ("activation", "taylor", "hessian"):
         return f"--importance {args.importance} needs data: pass --calibration FILE (one text sample a line)"
     if args.calibration is not None:
-        if args.importance not in ("activation", "taylor", "hessian"):
-            return (f"--calibration is read by --importance activation, taylor or hessian; --importance {args.importance} "
-                    "reads only the weights")
+        if args.importance not in ("activation", "taylor", "hessian") and not _counted_removal(args):
+            return (f"--calibration is read by --importance activation, taylor or hessian, and by --remove-layers N; "
+                    f"--importance {args.importance} reads only the weights")
         if not os.path.isfile(args.calibration) or not os.access(args.calibration, os.R_OK):
             return f"--calibration {args.calibration}: no such readable file"
     if args.calibration_samples < 1 or args.calibration_length < 1:
@@ -193,6 +209,26 @@ def _pretrained_problem(args: argparse.Namespace) -> str | None:
         return f"--save-pretrained {args.save_pretrained}: it exists; give a new directory (nothing is overwritten)"
     if not os.path.isdir(os.path.dirname(out)):
         return f"--save-pretrained {args.save_pretrained}: the directory {os.path.dirname(out)} does not exist; create it first"
+    return None
+
+
+def _counted_removal(args: argparse.Namespace) -> bool:
+    return isinstance(args.remove_layers, int) and args.remove_layers > 0
+
+
+def _remove_layers_problem(args: argparse.Namespace) -> str | None:
+    """A count of layers to remove needs calibration text, which only hf:DIR --save-pretrained reads (None if fine)."""
+    if not _counted_removal(args):
+        return None
+    n = args.remove_layers
+    if args.save_pretrained is None:
+        return (f"--remove-layers {n}: a count is chosen by block influence on calibration data, which the command line "
+                "reads only for hf:DIR --save-pretrained OUT --calibration FILE; name the blocks to remove instead "
+                "(--remove-layers layer1.1,layer3.1), or use the Python API (MetaPruner(remove_layers=n) and "
+                "pruner.calibrate(batches))")
+    if args.calibration is None:
+        return (f"--remove-layers {n} ranks the blocks by block influence on calibration text: pass --calibration FILE "
+                "(one text sample a line), or name the blocks to remove (--remove-layers model.layers.3,model.layers.5)")
     return None
 
 

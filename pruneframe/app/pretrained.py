@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import attrs
 
-from .prune_command import CommandError, after_pruning
+from .prune_command import CommandError, after_pruning, say_removed, with_flags
 
 CALIBRATED = ("activation", "taylor", "hessian")
 
@@ -72,6 +72,12 @@ def run(args: argparse.Namespace, progress: bool) -> int:
                            f"not have, and this checkpoint ({human(checkpoint.total_bytes)}) is larger than --max-memory; use "
                            "--importance activation (calibrated one layer at a time) or a weight criterion (l1, l2, lamp, "
                            "fpgm), or raise --max-memory. Nothing was written.")
+    if streaming and args.remove_layers:
+        given = args.remove_layers if isinstance(args.remove_layers, int) else ",".join(args.remove_layers)
+        raise CommandError(f"--remove-layers {given}: a checkpoint streamed shard by shard (this one, "
+                           f"{human(checkpoint.total_bytes)}, is larger than --max-memory) cannot lose whole layers yet, the "
+                           "streamed writer keeps every layer's tensor names; raise --max-memory to prune it in memory. "
+                           "Nothing was written.")
     target = _streamed(directory, args) if streaming else _in_memory(directory, args)
     return _prune(target, args, progress)
 
@@ -208,12 +214,15 @@ def _prune(target: _Target, args: argparse.Namespace, progress: bool) -> int:
     snapshot = layer_sizes(model)
     before = count_ops_and_params(model, inputs, forward_fn=forward)[:2]
     _say(f"(MACs are counted for one sequence of {inputs['input_ids'].shape[-1]} tokens)")
-    pruner = MetaPruner(model, inputs, target.criterion, pruning_ratio=args.ratio, global_pruning=args.global_pruning,
-                        iterative_steps=args.steps, round_to=args.round_to, ignored_layers=[names[n] for n in args.ignore],
-                        forward_fn=forward, progress=progress)
+    try:
+        pruner = MetaPruner(model, inputs, target.criterion, pruning_ratio=args.ratio, global_pruning=args.global_pruning,
+                            iterative_steps=args.steps, round_to=args.round_to, ignored_layers=[names[n] for n in args.ignore],
+                            forward_fn=forward, progress=progress, remove_layers=args.remove_layers)
+    except (TypeError, ValueError) as exc:  # --remove-layers names that are no removable block of this model
+        raise CommandError(f"{with_flags(str(exc))}; nothing was written") from exc
     for k in range(args.steps):
         started = time.perf_counter()
-        if batches:
+        if batches and (args.importance in CALIBRATED or k == 0):  # a weight criterion reads them once: to rank the layers
             loss = _lm_loss if args.importance in ("taylor", "hessian") else None
             with target.calibrating():
                 pruner.calibrate(batches, forward_fn=forward, loss_fn=loss, progress=progress)
@@ -221,6 +230,7 @@ def _prune(target: _Target, args: argparse.Namespace, progress: bool) -> int:
         macs, params = count_ops_and_params(model, inputs, forward_fn=forward)[:2]
         _say(f"step {k + 1}/{args.steps}: MACs {macs / 1e9:.4f} G, parameters {params / 1e6:.4f} M "
              f"({time.perf_counter() - started:.1f} s)")
+        say_removed(pruner, k)
     _say(f"MACs:       {before[0] / 1e9:.4f} G -> {macs / 1e9:.4f} G ({macs / max(before[0], 1):.1%} of the original)")
     _say(f"Parameters: {before[1] / 1e6:.4f} M -> {params / 1e6:.4f} M ({params / max(before[1], 1):.1%} of the original)")
     after_pruning(pruner, snapshot, model, args)

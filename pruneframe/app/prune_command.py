@@ -133,20 +133,22 @@ def _pruner(built: Any, criterion: Any, ignored: list[Any], args: argparse.Names
     try:
         return MetaPruner(built.model, built.inputs, criterion, global_pruning=args.global_pruning,
                           iterative_steps=args.steps, round_to=args.round_to, ignored_layers=ignored,
-                          forward_fn=built.forward_fn, progress=progress, **how_much)
+                          forward_fn=built.forward_fn, progress=progress, remove_layers=args.remove_layers, **how_much)
     except ValueError as exc:  # includes pruner.targets.TargetError: a target above the model's counts
-        raise CommandError(_with_flags(str(exc))) from exc
+        raise CommandError(with_flags(str(exc))) from exc
 
 
-def _with_flags(message: str) -> str:
+def with_flags(message: str) -> str:
     """A pruner message in the command line's words (its argument names are the Python ones)."""
     for python, flag in (("target_macs=", "--target-macs "), ("target_params=", "--target-params "),
+                         ("remove_layers: ", "--remove-layers: "), ("remove_layers=", "--remove-layers "),
                          ("max_pruning_ratio", "the ratio cap"), ("(pruning_ratio=..., or --ratio on the command line)", "(--ratio)")):
         message = message.replace(python, flag)
     return message
 
 
 def _steps(pruner: Any, built: Any, args: argparse.Namespace) -> tuple[int, int]:
+    from ..errors import ModelStopsRunningError
     from ..pruner.targets import TargetError
 
     counts = (0, 0)
@@ -154,14 +156,22 @@ def _steps(pruner: Any, built: Any, args: argparse.Namespace) -> tuple[int, int]
         started = time.perf_counter()
         try:
             pruner.step()
-        except TargetError as exc:
-            raise CommandError(_with_flags(str(exc)) + "; nothing was written") from exc
+        except (TargetError, ModelStopsRunningError) as exc:  # the latter: it cannot run without the removed blocks (undone)
+            raise CommandError(with_flags(str(exc)) + "; nothing was written") from exc
         counts = _count(built)
         _say(f"step {k + 1}/{args.steps}: MACs {counts[0] / 1e9:.4f} G, parameters {counts[1] / 1e6:.4f} M "
              f"({time.perf_counter() - started:.1f} s)")
         if pruner.target_result is not None:
             _say(f"  {pruner.target_result}")
+        say_removed(pruner, k)
     return counts
+
+
+def say_removed(pruner: Any, step: int) -> None:
+    """After the first step: the blocks ``--remove-layers`` removed, by their names before the removal."""
+    if step == 0 and pruner.removed_layers:
+        _say(f"  removed {len(pruner.removed_layers)} layer(s): {', '.join(pruner.removed_layers)} (the kept blocks are "
+             "renumbered: the report and the saved model use their new names)")
 
 
 def _summary(before: tuple[int, int], after: tuple[int, int], pruner: Any) -> None:
@@ -179,8 +189,27 @@ def after_pruning(pruner: Any, snapshot: Any, model: Any, args: argparse.Namespa
     from .report import print_prune_report
 
     _say("" if not args.dry_run else "\ndry run: the prune below was made in memory only")
+    if pruner.removed_layers:
+        snapshot = _renamed(snapshot, model)
     print_prune_report(snapshot, model, pruner, all_layers=args.all_layers)
     sys.stdout.flush()
+
+
+def _renamed(snapshot: Any, model: Any) -> Any:
+    """``snapshot`` under the names its layers have after a removal, the removed blocks left out, so sizes compare by layer."""
+    from ..pruner.depth import original_names
+    from .report import SizeSnapshot
+
+    now_of = {before: now for now, before in original_names(model).items()}
+    layers = {}
+    for name, sizes in snapshot.layers.items():
+        owner, suffix = name, ""
+        if name == "config" or name.endswith(".config"):  # a Hugging Face config, recorded under its module's name
+            owner, suffix = name[:-len("config")].rstrip("."), "config"
+        if owner in now_of:
+            now = now_of[owner]
+            layers[".".join(part for part in (now, suffix) if part)] = sizes
+    return SizeSnapshot(layers)
 
 
 def _save(built: Any, args: argparse.Namespace) -> None:
@@ -190,4 +219,4 @@ def _save(built: Any, args: argparse.Namespace) -> None:
     _say(f"saved to {args.out}; load it with pruneframe.load_pruned({args.out!r}) from any directory")
 
 
-__all__ = ["CommandError", "after_pruning", "run"]
+__all__ = ["CommandError", "after_pruning", "run", "say_removed", "with_flags"]
