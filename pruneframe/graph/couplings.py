@@ -1,8 +1,8 @@
 """``ChannelCoupling``: which traced channels are pruned together, and which must never shrink, and why.
 
-Built once per trace from the tracer's couplings plus the reasons to keep
-channels (model inputs and outputs, unknown ops, ignored layers, module
-hints). Everything a group needs — its members, the reasons it is blocked,
+Built once per trace from the tracer's couplings, the couplings module hints
+add, and the reasons to keep channels (model inputs and outputs, unknown ops,
+ignored layers, module hints). Everything a group needs — its members, the reasons it is blocked,
 index mappings between two layers, the blocks a root can only lose whole — is
 answered here by vectorised lookups over the connected components.
 """
@@ -28,12 +28,14 @@ def _split(edges: torch.Tensor, is_reason: torch.Tensor) -> tuple[torch.Tensor, 
 class ChannelCoupling:
     """Coupling components of every traced channel id, with what blocks them."""
 
-    def __init__(self, trace: Any, kept: Iterable[tuple[Space, str]]):
+    def __init__(self, trace: Any, kept: Iterable[tuple[Space, str]], coupled: Iterable[tuple[Space, Space]] = ()):
         self.spaces: list[Space] = list(trace.spaces)
         self._bases = torch.tensor([s.base for s in self.spaces], dtype=torch.long)
         n_ids = trace.n_ids
         reasons = dict(trace.reasons)
         edges = [trace.edges]
+        for a, b in coupled:  # channel i of a with channel i of b (module hints: couplings no tensor shows)
+            edges.append(torch.stack([a.ids(), b.ids()]))
         for space, reason in kept:
             if space.size:
                 reason_id, n_ids = n_ids, n_ids + 1

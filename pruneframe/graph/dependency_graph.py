@@ -49,6 +49,7 @@ class ModuleHints:
 
     def __init__(self) -> None:
         self.kept: list[tuple[nn.Module, str, str]] = []
+        self.coupled: list[tuple[Any, str, Any, str, str]] = []
 
     def keep_out_channels(self, layer: nn.Module, reason: str) -> None:
         """``layer``'s output channels must all stay, because of ``reason``."""
@@ -57,6 +58,18 @@ class ModuleHints:
     def keep_in_channels(self, layer: nn.Module, reason: str) -> None:
         """``layer``'s input channels must all stay, because of ``reason``."""
         self.kept.append((layer, "in", reason))
+
+    def couple(self, layer_a: Any, kind_a: str, layer_b: Any, kind_b: str, reason: str) -> None:
+        """Channel i of ``layer_a``'s ``kind_a`` ("out"/"in") channels goes with channel i of ``layer_b``'s ``kind_b``.
+
+        For couplings no tensor shows: a router's output rows pick experts by index, and the experts of fused
+        expert weights (a raw-parameter space, named by the parameter) must follow them. The two must have as
+        many channels; when they do not, or one of them is not a node of the graph, both keep all their channels.
+        """
+        for kind in (kind_a, kind_b):
+            if kind not in ("out", "in"):
+                raise ValueError(f"couple: kind {kind!r}; use 'out' or 'in'")
+        self.coupled.append((layer_a, kind_a, layer_b, kind_b, reason))
 
 
 VERIFY_MODES = {"auto": "auto", "always": "always", "never": "never", True: "always", False: "never"}
@@ -154,6 +167,8 @@ class DependencyGraph:
         if self._registry is None:
             self._registry = get_registry(model)  # loads the plugins of the frameworks the model comes from
             warn_missing_family_plugins(model)
+        else:
+            self._registry.discover(model)  # classes plugins find by their structure (get_registry does it too)
         self.model = model
         self._example = (example_inputs, forward_fn, VERIFY_MODES[verify_prunes])
         self.ignored_layers = list(ignored_layers or ())
@@ -167,7 +182,10 @@ class DependencyGraph:
 
     def _index(self, model: nn.Module) -> None:
         """Nodes, the hints' and ignored layers' reasons to keep channels, and the coupling components."""
+        from ..tracing.recorder import add_parameter_spaces  # like trace: imported when first used
+
         assert self._trace is not None
+        add_parameter_spaces(self._trace, self.registry)
         self.module2node = {node.module: node for node in self._trace.nodes if node.kind == "layer"}
         for node in self._trace.nodes:
             if node.kind == "parameter":
@@ -185,8 +203,25 @@ class DependencyGraph:
             space = node.space(kind) if node is not None else None
             if space is not None:
                 spaces.append((space, reason))
-        self._coupling = ChannelCoupling(self._trace, spaces)
+        pairs = []
+        for a, kind_a, b, kind_b, reason in hints.coupled:
+            found = [self._space_of(a, kind_a), self._space_of(b, kind_b)]
+            if None not in found and found[0].size == found[1].size:
+                pairs.append((found[0], found[1]))
+                continue
+            why = "one of them is not a node of the graph" if None in found else (
+                f"they have {found[0].size} and {found[1].size} channels")
+            for space in found:
+                if space is not None:
+                    spaces.append((space, f"{reason}, but a plugin's hint couples channels it cannot match ({why})"))
+        self._coupling = ChannelCoupling(self._trace, spaces, pairs)
         self._applier = PruneApplier(model, fixups, self._coupling, self._still_runs, self.get_pruning_group)
+
+    def _space_of(self, layer: Any, kind: str) -> Space | None:
+        node = self.module2node.get(layer)
+        if node is None:
+            return None
+        return node.out_space if node.kind == "parameter" or (kind == "in" and node.in_out_coupled) else node.space(kind)
 
     def _require_trace(self) -> TraceResult:
         if self._trace is None:

@@ -14,6 +14,14 @@ expert, higher meaning more important; a pruner removes the lowest first.
   are added over the ranks when a block ends, so every rank removes the same
   experts.
 
+``ExpertRouter`` is a marker class: a router's layer pruner declares
+``acts_like = (ExpertRouter,)``, so routers are group roots only where asked
+(``root_module_types=[nn.Linear, ExpertRouter]``) and criteria read them where
+their ``target_types`` name it. Called on a group (as ``MetaPruner`` does),
+``RouterMassImportance`` scores the experts of a calibrated router's group and
+hands every other group to its ``fallback`` (e.g. ``MagnitudeImportance(p=2)``
+for the expert widths).
+
 Example::
 
     mass = RouterMassImportance()
@@ -25,14 +33,20 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from ..layer_pruner import counts_as
 from ..runtime import tensors_in
 from .activation import NotCalibratedError
+from .criteria import NothingToReadError
 from .distributed import sum_over_ranks
+
+
+class ExpertRouter:
+    """Marker for ``acts_like``: the layer is a mixture-of-experts router whose output channels are whole experts."""
 
 
 def expert_magnitude(tensors: Sequence[torch.Tensor], p: float = 2) -> torch.Tensor:
@@ -52,7 +66,10 @@ def expert_magnitude(tensors: Sequence[torch.Tensor], p: float = 2) -> torch.Ten
 class RouterMassImportance:
     """Per expert, the mean router probability a token gives it, over every calibration batch seen (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fallback: Callable[[Any], torch.Tensor] | None = None) -> None:
+        if fallback is not None and not callable(fallback):
+            raise TypeError(f"fallback={fallback!r}: pass an importance such as MagnitudeImportance(p=2), or None")
+        self.fallback = fallback
         self._sums: dict[nn.Module, torch.Tensor] = {}
         self._tokens: dict[nn.Module, float] = {}
         self._pending: dict[nn.Module, tuple[torch.Tensor, float]] = {}
@@ -106,6 +123,16 @@ class RouterMassImportance:
             previous = self._sums.get(router)
             self._sums[router] = total if previous is None else previous + total
             self._tokens[router] = self._tokens.get(router, 0.0) + count
+
+    def __call__(self, group: Any) -> torch.Tensor:
+        """Scores for ``group``'s root indices: the router mass of its experts if it is rooted at a router, else ``fallback``'s."""
+        root = group.root
+        if root.kind == "layer" and counts_as(root.module, root.pruner, (ExpertRouter,)):
+            return self.scores(root.module)[torch.as_tensor(group.root_idxs, dtype=torch.long)]
+        if self.fallback is None:
+            raise NothingToReadError(f"RouterMassImportance scores only groups rooted at a router, not {root.name} "
+                                     f"({root.type}); pass fallback=MagnitudeImportance(p=2) to score the others")
+        return self.fallback(group)
 
     def scores(self, router: nn.Module) -> torch.Tensor:
         """The mean probability per token of each of ``router``'s experts; raises ``NotCalibratedError`` if it never ran."""

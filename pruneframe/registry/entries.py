@@ -1,9 +1,11 @@
 """What plugins register, as small frozen records that remember which plugin registered them."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import attrs
+
+Finder = Callable[[Any], Iterable[Any]]  # a model -> the modules a registration serves (found by their structure)
 
 
 @attrs.frozen
@@ -37,6 +39,7 @@ class LayerPrunerEntry:
     name: str | None
     plugin: str
     builtin: bool
+    find: Finder | None = None  # model -> the modules it serves; their classes join module_types (Registry.discover)
 
 
 @attrs.frozen
@@ -60,6 +63,7 @@ class ModuleHookEntry:
     name: str
     plugin: str
     builtin: bool
+    find: Finder | None = None  # as LayerPrunerEntry.find
 
 
 @attrs.frozen

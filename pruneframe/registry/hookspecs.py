@@ -27,7 +27,8 @@ hookimpl = pluggy.HookimplMarker("pruneframe")
 
 
 class RegisterLayerPruner(Protocol):
-    def __call__(self, pruner: Any, module_types: Iterable[type] = (), *, name: str | None = None) -> None: ...
+    def __call__(self, pruner: Any, module_types: Iterable[type] = (), *, name: str | None = None,
+                 find: Callable[[Any], Iterable[Any]] | None = None) -> None: ...
 
 
 class RegisterOpHandler(Protocol):
@@ -46,6 +47,12 @@ def pruneframe_layer_pruners(register: RegisterLayerPruner) -> None:
     ``prune_<name>_out_channels`` and ``prune_<name>_in_channels`` available as
     ``pruneframe.prune_<name>_out_channels``; ``module_types`` may be empty for a
     pruner that only provides such names.
+
+    ``find(model) -> modules`` serves classes no plugin can list up front (a
+    family's own experts class, found by its tensors): when a graph is built
+    or a plan replayed on ``model``, the class of every module ``find``
+    returns is served by ``pruner`` from then on (classes registered by type
+    keep their pruner). The same ``find`` works for hints and fix-ups.
     """
 
 
@@ -64,11 +71,13 @@ def pruneframe_op_handlers(register: RegisterOpHandler) -> None:
 
 
 class RegisterModuleHint(Protocol):
-    def __call__(self, module_types: Iterable[type], hint: Callable[[Any, Any], None], *, name: str) -> None: ...
+    def __call__(self, module_types: Iterable[type], hint: Callable[[Any, Any], None], *, name: str,
+                 find: Callable[[Any], Iterable[Any]] | None = None) -> None: ...
 
 
 class RegisterFixup(Protocol):
-    def __call__(self, module_types: Iterable[type], fixup: Callable[[Any], None], *, name: str) -> None: ...
+    def __call__(self, module_types: Iterable[type], fixup: Callable[[Any], None], *, name: str,
+                 find: Callable[[Any], Iterable[Any]] | None = None) -> None: ...
 
 
 @hookspec
@@ -80,7 +89,10 @@ def pruneframe_module_hints(register: RegisterModuleHint) -> None:
     called for every module of those types in the model, and may call
     ``hints.keep_out_channels(layer, reason)`` / ``hints.keep_in_channels(layer,
     reason)`` for sub-layers whose widths the module's code hard-codes (for
-    example an attention block that reshapes with a stored head width).
+    example an attention block that reshapes with a stored head width), and
+    ``hints.couple(layer_a, kind_a, layer_b, kind_b, reason)`` for channels of
+    two layers that go together although no tensor shows it (a router's rows
+    and the expert dimension of fused expert weights).
     """
 
 

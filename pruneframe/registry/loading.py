@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import MissingPluginWarning, PluginLoadError, PluginLoadWarning
 from . import hookspecs
-from .entries import ImportanceEntry, LayerPrunerEntry, ModuleHookEntry, OpHandlerEntry, PluginFailure, PluginInfo
+from .entries import Finder, ImportanceEntry, LayerPrunerEntry, ModuleHookEntry, OpHandlerEntry, PluginFailure, PluginInfo
 from .known_plugins import missing_family_plugins
 from .lookup import Registry
 
@@ -173,6 +173,12 @@ class _Attributed:
         return repr(self._original)
 
 
+def _checked_finder(find: Any) -> Finder | None:
+    if find is not None and not callable(find):
+        raise TypeError(f"find={find!r}: pass a function model -> the modules the registration serves")
+    return find
+
+
 class _Collector:
     """The ``register`` callbacks handed to the hooks; each entry names the plugin that made it."""
 
@@ -183,12 +189,13 @@ class _Collector:
         self.fixups: list[ModuleHookEntry] = []
         self.importances: list[ImportanceEntry] = []
 
-    def register_layer(self, pruner: Any, module_types: Iterable[type] = (), *, name: str | None = None) -> None:
+    def register_layer(self, pruner: Any, module_types: Iterable[type] = (), *, name: str | None = None,
+                       find: Finder | None = None) -> None:
         types = tuple(module_types)
         for t in types:
             if not isinstance(t, type):
                 raise TypeError(f"{t!r} is not a class; register module types such as nn.Conv2d")
-        self.layers.append(LayerPrunerEntry(pruner, types, name, *_registering.get()))
+        self.layers.append(LayerPrunerEntry(pruner, types, name, *_registering.get(), find=_checked_finder(find)))
 
     def register_op(self, ops: Any, handler: Callable[..., None], *, name: str) -> None:
         if isinstance(ops, (torch._ops.OpOverloadPacket, torch._ops.OpOverload)):
@@ -202,11 +209,13 @@ class _Collector:
                 raise TypeError(f"{op!r} is not an ATen op; register ops such as torch.ops.aten.cat or torch.ops.aten.cat.default")
         self.ops.append(OpHandlerEntry(tuple(ops), None, handler, name, *_registering.get()))
 
-    def register_hint(self, module_types: Iterable[type], function: Callable[..., None], *, name: str) -> None:
-        self.hints.append(ModuleHookEntry(tuple(module_types), function, name, *_registering.get()))
+    def register_hint(self, module_types: Iterable[type], function: Callable[..., None], *, name: str,
+                      find: Finder | None = None) -> None:
+        self.hints.append(ModuleHookEntry(tuple(module_types), function, name, *_registering.get(), find=_checked_finder(find)))
 
-    def register_fixup(self, module_types: Iterable[type], function: Callable[..., None], *, name: str) -> None:
-        self.fixups.append(ModuleHookEntry(tuple(module_types), function, name, *_registering.get()))
+    def register_fixup(self, module_types: Iterable[type], function: Callable[..., None], *, name: str,
+                       find: Finder | None = None) -> None:
+        self.fixups.append(ModuleHookEntry(tuple(module_types), function, name, *_registering.get(), find=_checked_finder(find)))
 
     def register_importance(self, name: str, factory: Callable[..., Any], *, aliases: Iterable[str] = ()) -> None:
         if isinstance(aliases, str):
@@ -262,6 +271,8 @@ class PluginSet:
                 self._registry = None
         if self._registry is None:
             self._registry = self._collect()
+        if isinstance(model, nn.Module):
+            self._registry.discover(model)
         return self._registry
 
     def frameworks_served(self) -> set[str]:

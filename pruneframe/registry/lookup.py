@@ -12,6 +12,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from torch import nn
 
+from ..errors import PruningError
+
 from .entries import (
     CUSTOMIZED,
     ImportanceEntry,
@@ -68,6 +70,32 @@ class Registry:
                 self._functional.setdefault(f"prune_{entry.name}_in_channels", entry.pruner.prune_in_channels)
         self._op_cache: dict[Any, OpHandlerEntry | None] = {}
         self._hooks_of_type: dict[type, tuple[list[ModuleHookEntry], list[ModuleHookEntry]]] = {}
+        self._found: dict[int, tuple[type, ...]] = {}  # id(entry) -> classes its ``find`` served so far
+
+    # --- classes found in a model -------------------------------------------------------------
+    def discover(self, model: nn.Module) -> None:
+        """Let every registration with a ``find`` look at ``model``: the classes of the modules it returns are served
+        by it from now on. A layer pruner never takes a class some registration already serves by that exact type."""
+        finders = [e for e in [*self.layer_pruners, *self.hints, *self.fixups] if e.find is not None]
+        for entry in finders:
+            try:
+                found = {type(m) for m in entry.find(model) if isinstance(m, nn.Module)}
+            except Exception as exc:
+                raise PruningError(f"the finder of {entry.name!r} (plugin {entry.plugin!r}) failed on "
+                                   f"{type(model).__name__}: {type(exc).__name__}: {exc}. Disable the plugin with "
+                                   f"PRUNEFRAME_DISABLE_PLUGINS={entry.plugin} or report it to its authors.") from exc
+            new = found - set(entry.module_types) - set(self._found.get(id(entry), ()))
+            if isinstance(entry, LayerPrunerEntry):
+                new = {cls for cls in new if cls not in self._by_type}
+                for cls in new:
+                    self._by_type[cls] = entry
+            if new:
+                self._found[id(entry)] = (*self._found.get(id(entry), ()), *sorted(new, key=_type_name))
+                self._hooks_of_type.clear()
+
+    def _types_of(self, entry: Any) -> tuple[type, ...]:
+        """The classes ``entry`` serves: those it was registered for and those its ``find`` found."""
+        return (*entry.module_types, *self._found.get(id(entry), ()))
 
     # --- layers -------------------------------------------------------------------------
     def resolve(self, module_type: type, customized: Mapping[type, Any] | None = None) -> ResolvedPruner | None:
@@ -108,16 +136,19 @@ class Registry:
         hints: list[tuple[nn.Module, ModuleHookEntry]] = []
         fixups: list[tuple[nn.Module, ModuleHookEntry]] = []
         for module in model.modules():
-            cls = type(module)
-            found = self._hooks_of_type.get(cls)
-            if found is None:
-                found = self._hooks_of_type[cls] = (
-                    [e for e in self.hints if issubclass(cls, e.module_types)],
-                    [e for e in self.fixups if issubclass(cls, e.module_types)],
-                )
+            found = self._hooks_for(type(module))
             hints += [(module, e) for e in found[0]]
             fixups += [(module, e) for e in found[1]]
         return hints, fixups
+
+    def _hooks_for(self, cls: type) -> tuple[list[ModuleHookEntry], list[ModuleHookEntry]]:
+        found = self._hooks_of_type.get(cls)
+        if found is None:
+            found = self._hooks_of_type[cls] = (
+                [e for e in self.hints if issubclass(cls, self._types_of(e))],
+                [e for e in self.fixups if issubclass(cls, self._types_of(e))],
+            )
+        return found
 
     # --- ops ------------------------------------------------------------------------------
     def op_handler(self, op: Any) -> OpHandlerEntry | None:
@@ -169,8 +200,8 @@ class Registry:
         out = []
         for info in self.plugins:
             mine = lambda entries: [e for e in entries if e.plugin == info.name]  # noqa: E731
-            layers = {_type_name(t) for e in mine(self.layer_pruners) for t in e.module_types}
-            hooked = {_type_name(t) for e in mine([*self.hints, *self.fixups]) for t in e.module_types}
+            layers = {_type_name(t) for e in mine(self.layer_pruners) for t in self._types_of(e)}
+            hooked = {_type_name(t) for e in mine([*self.hints, *self.fixups]) for t in self._types_of(e)}
             ops = {str(op) for e in mine(self.op_handlers) for op in e.ops}
             ops |= {f"<{e.name}>" for e in mine(self.op_handlers) if e.predicate is not None}
             out.append({

@@ -306,21 +306,23 @@ class Recorder(TorchDispatchMode):
                     return t.shape[d.dim] // d.repeat
             return 0
 
-        if first:  # an output's ChannelDim always means the output channels, whatever its space says
-            self.allocate(node, "out", size_of(outputs, out_dims, False))
+        inner = inner_channels(pruner, module)
+        if first:  # an output's ChannelDim means the output channels (the input channels for a layer with inner ones)
+            self.allocate(node, "out", inner if inner is not None else size_of(outputs, out_dims, False))
             self.allocate(node, "in", size_of(inputs, in_dims, True))
         out_space, in_space = node.out_space, node.in_space
         assert out_space is not None and in_space is not None
+        carried = in_space if inner is not None else out_space  # the channels its outputs hold
 
         mismatch = None
         for t, d in zip(outputs, out_dims):
             if d is None:
                 self.assign(t, None)
-            elif t.dim() == 0 or t.shape[d.dim] != out_space.size * d.repeat:
-                mismatch = f"output of shape {tuple(t.shape)} does not hold {out_space.size} channels along dim {d.dim}"
+            elif t.dim() == 0 or t.shape[d.dim] != carried.size * d.repeat:
+                mismatch = f"output of shape {tuple(t.shape)} does not hold {carried.size} channels along dim {d.dim}"
                 self.assign(t, L.constant(t.shape, self.reason_id(f"{node.name} produced it in a shape its pruner does not describe")))
             else:
-                self.assign(t, L.placed(t.shape, d.dim, out_space.ids().repeat(d.repeat)))
+                self.assign(t, L.placed(t.shape, d.dim, carried.ids().repeat(d.repeat)))
         for t, d in zip(inputs, in_dims):
             ids = self.lookup(t)
             if d is None:
@@ -348,6 +350,55 @@ class Recorder(TorchDispatchMode):
                 a = node.space(c.a_space)
                 b = node.space(c.b_space)
                 self.couple(torch.as_tensor(c.a_idxs, dtype=torch.long) + a.base, torch.as_tensor(c.b_idxs, dtype=torch.long) + b.base)
+
+
+def inner_channels(pruner: Any, layer: Any) -> int | None:
+    """The channels a layer keeps inside (``pruner.inner_channels(layer)``), or None for an ordinary layer.
+
+    A layer that maps its input channels back onto the same channels through an inner width no tensor shows
+    (a fused MLP; the experts of a mixture-of-experts layer, their hidden units pruned alike in every expert)
+    has that width as its output channels, and its outputs carry its input channels.
+    """
+    method = getattr(pruner, "inner_channels", None)
+    if method is None:
+        return None
+    size = method(layer)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise PruningError(f"{type(pruner).__name__}.inner_channels returned {size!r} for {type(layer).__name__}; "
+                           "it must return a channel count (an int >= 0) or None")
+    return size
+
+
+def add_parameter_spaces(trace: TraceResult, registry: Registry) -> list[Node]:
+    """Parameter nodes for the tensors of leaf layers along dimensions none of their channel spaces holds.
+
+    A pruner lists them with ``parameter_spaces(layer) -> [(tensor name, dim), ...]`` (the expert dimension of
+    fused expert weights). Each becomes a node pruned along ``dim`` by the raw-parameter plugin, coupled with
+    nothing until a module hint couples it (``ModuleHints.couple``), so it is pruned only with what it is tied to.
+    Returns the nodes added (to ``trace``'s nodes and spaces, with fresh channel ids).
+    """
+    found = registry.resolve(nn.Parameter)
+    added: list[Node] = []
+    for node in list(trace.nodes):
+        method = getattr(node.pruner, "parameter_spaces", None)
+        if node.kind != "layer" or method is None or node.calls == 0:
+            continue
+        for name, dim in method(node.module):
+            tensor = getattr(node.module, name, None)
+            if not isinstance(tensor, nn.Parameter) or not -tensor.dim() <= dim < tensor.dim():
+                raise PruningError(f"{type(node.pruner).__name__}.parameter_spaces named {name!r} dim {dim} of {node.name}, "
+                                   "which is not a parameter of it with that dimension")
+            if found is None:
+                raise PruningError(f"{node.name}: its pruner prunes {name} as a raw parameter, and no installed plugin "
+                                   "prunes raw parameters (pruneframe's built-in 'parameter' plugin is disabled?)")
+            param = Node(f"{node.name}.{name}", tensor, found.pruner, found.plugin, kind="parameter", pruning_dim=dim % tensor.dim())
+            space = Space(param, "out", trace.n_ids, tensor.shape[dim])
+            trace.n_ids += space.size
+            param.out_space = space
+            trace.nodes.append(param)
+            trace.spaces.append(space)
+            added.append(param)
+    return added
 
 
 def _leaves_stale_tensors(module: nn.Module, pruner: Any) -> bool:
