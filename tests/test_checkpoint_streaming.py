@@ -278,3 +278,35 @@ def test_activation_calibration_onloads_each_layer_and_gives_the_plan_made_in_me
         pruner.calibrate(batches)
     pruner.step()
     assert get_plan(planned) == get_plan(in_memory)
+
+
+@pytest.mark.slow
+def test_removed_layers_and_narrower_ones_stream_like_the_prune_in_memory(tmp_path: Path, transformers_plugin: Any) -> None:
+    """Blocks removed after a width prune: the output drops their tensors and renumbers the rest, as in memory."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "source", max_shard_size="60KB")
+    x = torch.randint(0, 128, (2, 9))
+
+    def prune(m: Any, inputs: Any, forward: Any, importance: Any) -> None:
+        tp.pruner.MetaPruner(m, inputs, importance=importance, pruning_ratio=0.25, ignored_layers=[m.lm_head, m.model.embed_tokens],
+                             forward_fn=forward).step()
+        tp.pruner.remove_layers(m, ["model.layers.1", "model.layers.2"])
+        tp.pruner.MetaPruner(m, inputs, importance=importance, pruning_ratio=0.25, ignored_layers=[m.lm_head, m.model.embed_tokens],
+                             forward_fn=forward).step()
+
+    in_memory = copy.deepcopy(model)
+    prune(in_memory, {"input_ids": x}, lambda m, i: m(**i).logits, tp.importance.MagnitudeImportance(p=2))
+    session = open_for_planning(tmp_path / "source")
+    prune(session.model, session.example_inputs, session.forward, session.importance(tp.importance.MagnitudeImportance(p=2)))
+    out = session.save(tmp_path / "out")
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert loaded.config.num_hidden_layers == 2 and loaded.config.intermediate_size == in_memory.config.intermediate_size == 72
+    expected, got = in_memory.state_dict(), loaded.state_dict()
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    with torch.no_grad():
+        assert torch.equal(in_memory(x).logits, loaded(x).logits)

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import PruningError
-from ..plan import plan_steps
+from ..plan import DEPTH, plan_steps
+from ..pruner.depth import CONTAINERS, position_history
 from ..registry import Registry, get_registry
 from .reader import Checkpoint, tied_names
 
@@ -37,10 +38,45 @@ class LayerLoader:
         self.checkpoint = checkpoint
         self.registry = registry or get_registry(model)
         self._aliases = tied_names(original)
+        self._index: tuple[int, dict[str, list[dict[str, Any]]]] | None = None
 
     def entries_of(self, name: str) -> list[dict[str, Any]]:
-        """The plan's entries for layer (or raw parameter) ``name``, in the order they were made."""
-        return [entry for step in plan_steps(self.model) for entry in step if entry["layer"] == name]
+        """The plan's entries for layer (or raw parameter) ``name`` (of the planned model), in the order they were made."""
+        return self.entries_by_original().get(self.original_name(name), [])
+
+    def entries_by_original(self) -> dict[str, list[dict[str, Any]]]:
+        """Every layer's plan entries, by the layer's name in the original model (removed blocks renumber the others)."""
+        steps = plan_steps(self.model)
+        if self._index is not None and self._index[0] == len(steps):
+            return self._index[1]
+        found: dict[str, list[dict[str, Any]]] = {}
+        removals: dict[str, int] = {}  # per layer list: how many of its depth steps came before this point
+        for step in steps:
+            for entry in step:
+                if entry["kind"] != DEPTH:
+                    found.setdefault(self.original_name(entry["layer"], removals), []).append(entry)
+            for entry in step:
+                if entry["kind"] == DEPTH:
+                    removals[entry["layer"]] = removals.get(entry["layer"], 0) + 1
+        self._index = (len(steps), found)
+        return found
+
+    def original_name(self, name: str, removals: dict[str, int] | None = None) -> str:
+        """A name of the planned model (after ``removals`` depth steps per layer list; default all) in the original."""
+        if name == "(model)":
+            return name
+        parts, module, path = name.split("."), self.model, []
+        for k, part in enumerate(parts):
+            children = getattr(module, "_modules", None)
+            history = position_history(module) if isinstance(module, CONTAINERS) else None
+            prefix = ".".join(parts[:k])
+            if history is not None and len(history) > 1 and part.isdigit():
+                stage = len(history) - 1 if removals is None else removals.get(prefix, 0)
+                path.append(str(history[stage][int(part)]))
+            else:
+                path.append(part)
+            module = children.get(part) if children is not None else None
+        return ".".join(path)
 
     def source_name(self, name: str) -> str:
         """The checkpoint's name for state-dict tensor ``name`` (a tied tensor is stored under one of its names)."""
@@ -52,7 +88,11 @@ class LayerLoader:
         raise PruningError(f"{name} is not in the checkpoint {self.checkpoint.directory}")
 
     def load_layer(self, name: str, device: torch.device | str | None = None) -> nn.Module:
-        """A real copy of layer ``name``: its checkpoint tensors (params and persistent buffers), with its plan applied."""
+        """A real copy of layer ``name`` (of the planned model): its checkpoint tensors with its plan applied."""
+        return self.load_original(self.original_name(name), device)
+
+    def load_original(self, name: str, device: torch.device | str | None = None) -> nn.Module:
+        """As ``load_layer``, for a layer named as in the original model (and the checkpoint)."""
         template = self.original.get_submodule("" if name == "(model)" else name)
         layer = copy.deepcopy(template)
         prefix = "" if name == "(model)" else name + "."
@@ -60,7 +100,7 @@ class LayerLoader:
                  for key in template.state_dict(keep_vars=True)}
         layer.load_state_dict(state, assign=True)
         found = self.registry.resolve(type(layer))
-        entries = self.entries_of(name)
+        entries = self.entries_by_original().get(name, [])
         if entries and found is None:
             raise PruningError(f"no installed plugin prunes {type(layer).__qualname__} ({name}); install the one that planned it")
         with torch.no_grad():
@@ -70,10 +110,14 @@ class LayerLoader:
 
     def load_parameter(self, name: str, device: torch.device | str | None = None) -> torch.Tensor:
         """Raw parameter ``name`` (no layer owns it) from the checkpoint, with its plan entries applied."""
+        return self.load_original_parameter(self.original_name(name), device)
+
+    def load_original_parameter(self, name: str, device: torch.device | str | None = None) -> torch.Tensor:
+        """As ``load_parameter``, for a parameter named as in the original model (and the checkpoint)."""
         tensor = nn.Parameter(self.checkpoint.get(self.source_name(name)).to(device or "cpu"), requires_grad=False)
         found = self.registry.resolve(nn.Parameter)
         with torch.no_grad():
-            for entry in self.entries_of(name):  # a raw parameter's pruner replaces its data in place
+            for entry in self.entries_by_original().get(name, []):  # a raw parameter's pruner replaces its data in place
                 self.registry.handler(found.pruner, "out", int(entry["dim"]))(tensor, list(entry["idxs"]))
         return tensor.detach()
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import PruningError
-from ..plan import get_plan, plan_steps, plan_to_json
+from ..plan import get_plan, plan_to_json
 from .onload import LayerLoader
 from .reader import INDEX, NAMES, TensorInfo
 from .writer import ShardWriter, check_output_directory, staged_directory
@@ -39,19 +39,21 @@ def save_pruned(model: nn.Module, loader: LayerLoader, out: str | os.PathLike[st
     """
     checkpoint = loader.checkpoint
     out_path = check_output_directory(out, checkpoint.directory)
-    layouts = _layouts(model, loader)
+    layouts, originals = _layouts(model, loader)
     owners = _owners(loader)
     with staged_directory(out_path) as staging:
         weight_map: dict[str, str] = {}
         total = 0
+        pending: dict[str, torch.Tensor] = {}  # tensors of a layer made already, by source name, until their turn
         for shard, tensors in layouts.items():
+            if not tensors:  # every tensor of this shard belonged to removed blocks
+                continue
             writer = ShardWriter(staging / shard, tensors, checkpoint.metadata.get(shard))
             try:
-                pending: dict[str, torch.Tensor] = {}
                 for name, info in tensors.items():
-                    tensor = pending.pop(name, None)
+                    tensor = pending.pop(originals[name], None)
                     if tensor is None:
-                        tensor, rest = _produce(loader, owners, name)
+                        tensor, rest = _produce(loader, owners, originals[name])
                         pending.update(rest)
                     writer.write(name, tensor.to(_dtype(info.dtype)))
                     weight_map[name] = shard
@@ -82,42 +84,51 @@ def _dtype(name: str) -> torch.dtype:
     return {v: k for k, v in NAMES.items()}[name]
 
 
-def _layouts(model: nn.Module, loader: LayerLoader) -> dict[str, dict[str, TensorInfo]]:
-    """Per output shard, its tensors' names, dtypes and pruned shapes (from the planned model), in the source's order."""
+def _layouts(model: nn.Module, loader: LayerLoader) -> tuple[dict[str, dict[str, TensorInfo]], dict[str, str]]:
+    """Per output shard, its tensors' names (the planned model's), dtypes and pruned shapes, in the source's order; and
+    each output name's source name (they differ after removed blocks renumbered the rest).
+
+    Tensors of removed blocks are left out; a source tensor that neither a kept nor a removed part of the planned model
+    accounts for is an error.
+    """
     checkpoint = loader.checkpoint
     pruned = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
+    current = {loader.original_name(name): name for name in pruned}
+    current.update({loader.source_name(o): c for o, c in list(current.items()) if o not in checkpoint.tensors})
+    known = {name for name, _ in loader.original.state_dict(keep_vars=True).items()}
     layouts: dict[str, dict[str, TensorInfo]] = {}
     for shard, names in checkpoint.shards.items():
         layout = {}
         for name in names:
-            if name not in pruned:
+            if name not in current:
+                if name in known:
+                    continue  # a tensor of a removed block
                 raise PruningError(f"{name} of {checkpoint.directory / shard} is not in the planned model; the checkpoint is "
                                    "for another architecture (check_fits would have said so before planning)")
-            layout[name] = TensorInfo(shard, checkpoint.tensors[name].dtype, pruned[name])
+            layout[current[name]] = TensorInfo(shard, checkpoint.tensors[name].dtype, pruned[current[name]])
         layouts[shard] = layout
-    return layouts
+    return layouts, {c: o for o, c in current.items() if o in checkpoint.tensors}
 
 
 def _owners(loader: LayerLoader) -> tuple[set[str], set[str]]:
-    """The layers and the raw parameters the plan prunes."""
+    """The layers and the raw parameters the plan prunes, by their names in the original model."""
     layers, parameters = set(), set()
-    for step in plan_steps(loader.model):
-        for entry in step:
-            (parameters if "dim" in entry else layers).add(entry["layer"])
+    for name, entries in loader.entries_by_original().items():
+        (parameters if any("dim" in e for e in entries) else layers).add(name)
     return layers, parameters
 
 
 def _produce(loader: LayerLoader, owners: tuple[set[str], set[str]], name: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Tensor ``name`` as the plan leaves it, and the other checkpoint tensors of its layer (written when their turn comes)."""
+    """Source tensor ``name`` as the plan leaves it, and the other source tensors of its layer (written in their turn)."""
     layers, parameters = owners
     if name in parameters:
-        return loader.load_parameter(name), {}
+        return loader.load_original_parameter(name), {}
     parts = name.split(".")
     for cut in range(len(parts) - 1, -1, -1):
         layer = ".".join(parts[:cut]) if cut else "(model)"
         if layer in layers:
             prefix = "" if layer == "(model)" else layer + "."
-            state = loader.load_layer(layer).state_dict()
+            state = loader.load_original(layer).state_dict()
             tensors = {}
             for key, tensor in state.items():
                 source = loader.source_name(prefix + key)
