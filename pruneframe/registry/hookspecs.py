@@ -27,8 +27,7 @@ hookimpl = pluggy.HookimplMarker("pruneframe")
 
 
 class RegisterLayerPruner(Protocol):
-    def __call__(self, pruner: Any, module_types: Iterable[type] = (), *, name: str | None = None,
-                 find: Callable[[Any], Iterable[Any]] | None = None) -> None: ...
+    def __call__(self, pruner: Any, module_types: Iterable[type] = (), *, name: str | None = None) -> None: ...
 
 
 class RegisterOpHandler(Protocol):
@@ -52,7 +51,8 @@ def pruneframe_layer_pruners(register: RegisterLayerPruner) -> None:
     family's own experts class, found by its tensors): when a graph is built
     or a plan replayed on ``model``, the class of every module ``find``
     returns is served by ``pruner`` from then on (classes registered by type
-    keep their pruner). The same ``find`` works for hints and fix-ups.
+    keep their pruner). ``find=`` is accepted by the hint and fix-up
+    ``register`` too (keyword only, after ``name``).
     """
 
 
@@ -71,13 +71,11 @@ def pruneframe_op_handlers(register: RegisterOpHandler) -> None:
 
 
 class RegisterModuleHint(Protocol):
-    def __call__(self, module_types: Iterable[type], hint: Callable[[Any, Any], None], *, name: str,
-                 find: Callable[[Any], Iterable[Any]] | None = None) -> None: ...
+    def __call__(self, module_types: Iterable[type], hint: Callable[[Any, Any], None], *, name: str) -> None: ...
 
 
 class RegisterFixup(Protocol):
-    def __call__(self, module_types: Iterable[type], fixup: Callable[[Any], None], *, name: str,
-                 find: Callable[[Any], Iterable[Any]] | None = None) -> None: ...
+    def __call__(self, module_types: Iterable[type], fixup: Callable[[Any], None], *, name: str) -> None: ...
 
 
 @hookspec
