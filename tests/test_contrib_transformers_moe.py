@@ -214,3 +214,136 @@ def test_expert_magnitude_is_the_norm_over_every_tensor_of_an_expert() -> None:
     torch.testing.assert_close(expert_magnitude([router, fused], p=1), torch.tensor([7.0, 1.0]))
     with pytest.raises(ValueError, match=r"disagree on the number of experts along dim 0 \(\[2, 3\]\)"):
         expert_magnitude([router, torch.ones(3, 2)])
+
+
+# --- through the dependency graph: MetaPruner, the plan, save_pretrained ------------------------------------------
+
+def _meta_prune(model: Any, importance: Any = None, experts_ratio: float | None = None, **extra: Any) -> Any:
+    import pruneframe as tp
+    from pruneframe.importance.experts import ExpertRouter
+
+    from pruneframe_transformers import router_modules
+
+    if experts_ratio is not None:  # whole experts only when asked: routers become roots, with a ratio of their own
+        extra = {"root_module_types": [torch.nn.Linear, ExpertRouter],
+                 "pruning_ratio_dict": {router: experts_ratio for router in router_modules(model)}, **extra}
+    importance = importance or tp.importance.MagnitudeImportance(p=2, target_types=[torch.nn.Linear, ExpertRouter, torch.nn.Parameter])
+    pruner = tp.pruner.MetaPruner(model, TEXT, importance=importance, pruning_ratio=0.3,
+                                  ignored_layers=[model.get_input_embeddings(), model.get_output_embeddings()], **extra)
+    pruner.step()
+    return pruner
+
+
+def _plan_entries(model: Any) -> list[tuple[str, str, int]]:
+    import pruneframe as tp
+
+    return [(e["layer"], e["kind"], len(e["idxs"])) for step in tp.plan.get_plan(model)["steps"] for e in step]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_meta_pruner_narrows_every_expert_alike_and_keeps_whole_experts_unless_asked(experts: Any, family: str) -> None:
+    import pruneframe as tp
+
+    model = build(family)
+    _, _, count_field, width_field = FAMILIES[family]
+    with torch.no_grad():
+        _meta_prune(model, tp.importance.MagnitudeImportance(p=2))
+    layers = experts.moe_layers(model)
+    assert [(layer.num_experts, layer.width) for layer in layers] == [(4, 24), (4, 24)]  # 30% of 32, in runs of 4 units
+    assert getattr(model.config, count_field) == 4 and getattr(model.config, width_field) == 24
+    entries = _plan_entries(model)
+    assert ("model.layers.0.mlp.experts", "out", 8) in entries and not any(name.endswith(".mlp.gate") for name, _, _ in entries)
+    _round_trips_and_replays(model, family)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_meta_pruner_removes_whole_experts_when_the_routers_are_roots(experts: Any, family: str) -> None:
+    model = build(family)
+    _, _, count_field, width_field = FAMILIES[family]
+    with torch.no_grad():
+        _meta_prune(model, experts_ratio=0.25)
+    layers = experts.moe_layers(model)
+    assert [(layer.num_experts, layer.width) for layer in layers] == [(3, 24), (3, 24)]
+    assert all(layer.router.num_experts == layer.experts.num_experts == 3 for layer in layers)
+    assert getattr(model.config, count_field) == 3 and getattr(model.config, width_field) == 24
+    entries = _plan_entries(model)
+    assert {("model.layers.1.mlp.gate", "out", 1), ("model.layers.1.mlp.experts.gate_up_proj", "out", 1),
+            ("model.layers.1.mlp.experts.down_proj", "out", 1)} <= set(entries)
+    _round_trips_and_replays(model, family)
+
+
+def _round_trips_and_replays(model: Any, family: str) -> None:
+    import pruneframe as tp
+
+    expected = logits(model)
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    torch.testing.assert_close(logits(loaded), expected, rtol=0, atol=1e-6)
+    fresh = build(family)
+    tp.load_state_dict(fresh, state_dict=tp.state_dict(model))
+    torch.testing.assert_close(logits(fresh), expected, rtol=0, atol=0)
+
+
+def _mixtral64() -> Any:
+    model = build("Mixtral").double()
+    model.config._experts_implementation = "eager"  # the grouped-mm kernel takes no float64 (nor widths off 16 bytes)
+    with torch.no_grad():  # trained-looking routers: distinct logits, so top-k picks the same experts in both models
+        for layer in model.model.layers:
+            layer.mlp.gate.weight.mul_(20)
+    return model
+
+
+def test_a_graph_prune_of_widths_and_experts_equals_the_original_with_them_masked(experts: Any) -> None:
+    model = _mixtral64()
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        _meta_prune(model, experts_ratio=0.25)
+    assert [(layer.num_experts, layer.width) for layer in experts.moe_layers(model)] == [(3, 23), (3, 23)]
+    removed: dict[str, list[int]] = {}
+    for step in __import__("pruneframe").plan.get_plan(model)["steps"]:
+        for entry in step:
+            removed.setdefault(f"{entry['layer']}:{entry['kind']}", []).append(entry["idxs"])
+    handles = []
+    for k, layer in enumerate(reference.model.layers):
+        (gone,) = removed[f"model.layers.{k}.mlp.gate:out"]
+        (units,) = removed[f"model.layers.{k}.mlp.experts:out"]
+        with torch.no_grad():  # a unit whose output weights are zero adds nothing; a masked expert is never chosen
+            layer.mlp.experts.down_proj[:, :, units] = 0
+
+        def route(router: Any, args: Any, output: Any, gone: list[int] = gone) -> Any:
+            logits_ = torch.nn.functional.linear(args[0].reshape(-1, router.hidden_dim), router.weight)
+            probs = torch.softmax(logits_.index_fill(-1, torch.tensor(gone), float("-inf")).float(), dim=-1)
+            top, index = torch.topk(probs, router.top_k, dim=-1)
+            return logits_, top / top.sum(-1, keepdim=True), index
+
+        handles.append(layer.mlp.gate.register_forward_hook(route))
+    try:
+        torch.testing.assert_close(logits(model), logits(reference), rtol=0, atol=1e-12)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_router_mass_through_meta_pruner_removes_the_least_used_expert(experts: Any) -> None:
+    import pruneframe as tp
+
+    model = build("Qwen3-MoE")
+    mass = RouterMassImportance(fallback=tp.importance.MagnitudeImportance(p=2))
+    with torch.no_grad(), mass.collect(experts.router_modules(model)):
+        model(TEXT)
+    least = {layer.name: int(torch.argmin(mass.scores(layer.router))) for layer in experts.moe_layers(model)}
+    with torch.no_grad():
+        _meta_prune(model, mass, experts_ratio=0.25)
+    entries = {e["layer"]: e["idxs"] for step in tp.plan.get_plan(model)["steps"] for e in step}
+    assert {name: entries[f"{name}.gate"] for name in least} == {name: [e] for name, e in least.items()}
+    assert [layer.width for layer in experts.moe_layers(model)] == [24, 24]  # the fallback scored the widths
+
+
+def test_meta_pruner_leaves_experts_whole_where_top_k_would_be_broken(experts: Any) -> None:
+    model = build("OLMoE")
+    with pytest.warns(UserWarning, match="fewer than the router's top-k"):
+        with torch.no_grad():
+            _meta_prune(model, experts_ratio=0.75)
+    assert [layer.num_experts for layer in experts.moe_layers(model)] == [4, 4]
+    assert model.config.num_experts == 4

@@ -32,7 +32,9 @@ import attrs
 import torch
 from torch import nn
 
-from pruneframe.importance.experts import RouterMassImportance, expert_magnitude
+from pruneframe import DeclarativeLayerPruner, TensorDims
+from pruneframe.importance.experts import ExpertRouter, RouterMassImportance, expert_magnitude
+from pruneframe.layer_pruner import Coupling, keep_index, select_, validate_idxs
 
 from .config_sync import ConfigStatus, sync_config
 
@@ -337,3 +339,182 @@ class _transaction:
             for key, value in counts.items():
                 setattr(module, key, value)
         return False
+
+
+# --- through the dependency graph ------------------------------------------------------------------------------
+# The router is a layer whose output channels are the experts (its weight rows) and whose input channels the hidden
+# size. The fused experts are a layer whose output channels are the hidden units of every expert (unit u goes from
+# every expert at once, as the fused layout needs) and whose inputs and outputs both carry the hidden size; their
+# expert dimension is a raw-parameter space per fused tensor, which a module hint couples with the router's rows.
+
+
+def _count(module: nn.Module) -> int | None:
+    for key in ("top_k", "num_experts_per_tok"):
+        value = getattr(module, key, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+class ExpertRouterPruner(DeclarativeLayerPruner):
+    """A router ``weight [experts, hidden]``: output channels are experts (its rows and any per-expert tensor), inputs the hidden size.
+
+    Its first output is the logits (experts along the last dim); the scores and indices it also returns hold no
+    channels: they follow the experts only through the module hint that couples the router with its experts.
+    """
+
+    tensors = (TensorDims("weight", out=0, in_=1),)
+    out_attrs = ("num_experts",)
+    in_attrs = ("hidden_dim",)
+    output_dim = -1
+    input_dim = -1
+    acts_like = (ExpertRouter,)
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        n = int(layer.weight.shape[0])
+        index = validate_idxs(layer, idxs, n, "expert")
+        keep = keep_index(n, index)
+        extra = [name for name, t in [*layer.named_parameters(recurse=False), *layer.named_buffers(recurse=False)]
+                 if name != "weight" and t is not None and t.dim() and t.shape[0] == n]
+        super().prune_out_channels(layer, index.tolist())
+        for name in extra:  # a bias or score correction per expert
+            select_(layer, name, 0, keep)
+        return layer
+
+    def check_prune(self, layer: nn.Module, kind: str, idxs: Sequence[int]) -> str | None:
+        if kind != "out":
+            return None
+        left, top_k = int(layer.weight.shape[0]) - len(idxs), _count(layer)
+        if top_k is not None and left < top_k:
+            return (f"removing {len(idxs)} of {layer.weight.shape[0]} experts leaves {left}, fewer than the router's top-k "
+                    f"({top_k}); remove at most {int(layer.weight.shape[0]) - top_k}, or lower num_experts_per_tok first")
+        return None
+
+
+class FusedExpertsPruner(DeclarativeLayerPruner):
+    """Fused experts (``gate_up_proj [E, 2I, H]``/``up_proj [E, I, H]``, ``down_proj [E, H, I]``): output channels are the I
+    hidden units of each expert, unit u going from every expert at once; input channels the hidden size H, which the
+    output carries too. The expert dimension is left to raw-parameter spaces (``parameter_spaces``) that a module hint
+    couples with the router. Layers with ``is_transposed`` use ``TransposedExpertsPruner``.
+    """
+
+    transposed = False
+    tensors = (TensorDims("down_proj", out=2, in_=1), TensorDims("gate_up_proj", in_=2), TensorDims("up_proj", in_=2),
+               TensorDims("down_proj_bias", in_=1))
+    out_attrs = ("intermediate_dim",)
+    in_attrs = ("hidden_dim",)
+    output_dim = -1
+    input_dim = -1
+    acts_like = (nn.Linear,)  # ranked and pruned wherever a Linear's width would be
+
+    def _dims(self, layer: nn.Module) -> tuple[dict[str, int], dict[str, int]]:
+        """Per fused tensor, the dim of each expert's hidden units, and the dim of the hidden size."""
+        up, down = (2, 1) if self.transposed else (1, 2)
+        width, hidden = {}, {}
+        for name in ("gate_up_proj", "up_proj"):
+            if _param(layer, name) is not None:
+                width[name], hidden[name] = up, 3 - up
+                if _param(layer, name + "_bias") is not None:
+                    width[name + "_bias"] = 1
+        width["down_proj"], hidden["down_proj"] = down, 3 - down
+        if _param(layer, "down_proj_bias") is not None:
+            hidden["down_proj_bias"] = 1
+        return width, hidden
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return int(layer.down_proj.shape[2 if not self.transposed else 1])
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return int(layer.down_proj.shape[1 if not self.transposed else 2])
+
+    def inner_channels(self, layer: nn.Module) -> int:
+        return self.get_out_channels(layer)
+
+    def parameter_spaces(self, layer: nn.Module) -> list[tuple[str, int]]:
+        """Every own tensor with the experts along dim 0: the router's hint couples them with its rows."""
+        n = int(layer.down_proj.shape[0])
+        return [(name, 0) for name, t in layer.named_parameters(recurse=False) if t.dim() and t.shape[0] == n]
+
+    def couplings(self, layer: nn.Module, n_out: int, n_in: int) -> list[Coupling]:
+        """The hidden units go in runs of 16 bytes under the grouped-mm kernel, which fails on other row strides."""
+        step = _kernel_step(layer)
+        if step <= 1 or n_out % step:
+            return []
+        units = torch.arange(n_out).view(-1, step)
+        a, b = units[:, :1].expand(-1, step - 1).reshape(-1), units[:, 1:].reshape(-1)
+        return [Coupling("out", a, "out", b)]
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        width = self.get_out_channels(layer)
+        index = validate_idxs(layer, idxs, width, "expert hidden unit")
+        keep = keep_index(width, index)
+        concatenated = bool(getattr(layer, "is_concatenated", True))
+        for name, dim in self._dims(layer)[0].items():
+            size = getattr(layer, name).shape[dim]
+            rows = keep if size == width else torch.cat([keep, keep + width]) if concatenated else \
+                torch.stack([2 * keep, 2 * keep + 1], 1).flatten()
+            select_(layer, name, dim, rows)
+        self._set_count(layer, self.out_attrs, len(keep))
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        hidden = self.get_in_channels(layer)
+        index = validate_idxs(layer, idxs, hidden, "hidden channel")
+        keep = keep_index(hidden, index)
+        for name, dim in self._dims(layer)[1].items():
+            select_(layer, name, dim, keep)
+        self._set_count(layer, self.in_attrs, len(keep))
+        return layer
+
+
+class TransposedExpertsPruner(FusedExpertsPruner):
+    """``FusedExpertsPruner`` for ``is_transposed`` experts: ``gate_up_proj [E, H, 2I]``, ``down_proj [E, I, H]``."""
+
+    transposed = True
+    tensors = (TensorDims("down_proj", out=1, in_=2), TensorDims("gate_up_proj", in_=1), TensorDims("up_proj", in_=1),
+               TensorDims("down_proj_bias", in_=1))
+
+
+def _kernel_step(layer: nn.Module) -> int:
+    """Units per 16 bytes when the layer runs the grouped-mm kernel (rows of other strides fail there), else 1."""
+    config = getattr(layer, "config", None)
+    if getattr(config, "_experts_implementation", None) != "grouped_mm":
+        return 1
+    return max(1, 16 // layer.down_proj.element_size())
+
+
+def fused_experts(model: nn.Module, transposed: bool = False) -> list[nn.Module]:
+    """The fused experts modules of ``model``'s MoE layers (only those with ``is_transposed`` when ``transposed``)."""
+    return [layer.experts for layer in moe_layers(model) if bool(getattr(layer.experts, "is_transposed", False)) == transposed]
+
+
+def moe_blocks(model: nn.Module) -> list[nn.Module]:
+    """The modules holding a router and its fused experts."""
+    return [layer.block for layer in moe_layers(model)]
+
+
+def couple_router_and_experts(block: nn.Module, hints: Any) -> None:
+    """Module hint: the router's rows (its output channels) and the expert dimension of every fused tensor go together."""
+    for layer in moe_layers(block):
+        if layer.block is not block:
+            continue
+        reason = f"the router of {type(block).__name__} picks its experts by index"
+        for name, _ in _expert_tensors(layer):
+            tensor = getattr(layer.experts, name)
+            if isinstance(tensor, nn.Parameter):
+                hints.couple(layer.router, "out", tensor, "out", reason)
+
+
+_EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts", "n_experts")
+
+
+def follow_expert_counts(model: nn.Module) -> None:
+    """Fix-up: the expert counts the experts and their block store follow the router's rows (the experts' slices are
+    pruned as raw parameters, which know no counts)."""
+    for layer in moe_layers(model):
+        n = layer.num_experts
+        for module in (layer.block, layer.experts):
+            for key in _EXPERT_COUNTS:
+                value = vars(module).get(key)
+                if type(value) is int and value != n:
+                    setattr(module, key, n)

@@ -2,6 +2,10 @@
 
 - a layer pruner for ``Conv1D`` (GPT-2's projections), functional names
   ``prune_hf_conv1d_out_channels`` / ``prune_hf_conv1d_in_channels``;
+- mixtures of experts, found by their tensors in the model at hand (``experts.moe_layers``): a pruner for the
+  fused experts (output channels: each expert's hidden units, pruned alike in every expert) and one for the
+  router (output channels: whole experts), a hint that couples the router's rows with the expert dimension
+  of the fused tensors, and a fix-up that keeps the stored expert counts in step;
 - fix-ups: ``model.config`` follows the model of any family where a config
   can say it exactly, inferred from the shapes and proven by a meta-device
   rebuild (``config_sync``); the stored sizes of a few module classes follow
@@ -25,6 +29,8 @@ from pruneframe.hookspecs import RegisterFixup, RegisterLayerPruner, RegisterMod
 
 from .config_sync import enclosing_model, install_export_check, sync_config
 from .conv1d import Conv1DPruner
+from .experts import (ExpertRouterPruner, FusedExpertsPruner, TransposedExpertsPruner, couple_router_and_experts, follow_expert_counts,
+                      fused_experts, moe_blocks, router_modules)
 from .families import families, family_of, missing_needs
 
 try:
@@ -75,6 +81,9 @@ def pruneframe_layer_pruners(register: RegisterLayerPruner) -> None:
     """Register the ``Conv1D`` pruner."""
     if Conv1D is not None:
         register(Conv1DPruner(), [Conv1D], name="hf_conv1d")
+        register(FusedExpertsPruner(), find=fused_experts)  # no functional names: found per model, not listed
+        register(TransposedExpertsPruner(), find=lambda model: fused_experts(model, transposed=True))
+        register(ExpertRouterPruner(), find=router_modules)
 
 
 @pruneframe.hookimpl
@@ -83,6 +92,7 @@ def pruneframe_fixups(register: RegisterFixup) -> None:
     for family in _families():
         register([family.cls], _guarded(family), name=family.name)
     if PreTrainedModel is not None:
+        register([PreTrainedModel], follow_expert_counts, name="hf-expert-counts")  # before the config reads them
         register([PreTrainedModel], _sync_config, name="hf-config")
 
 
@@ -92,3 +102,5 @@ def pruneframe_module_hints(register: RegisterModuleHint) -> None:
     for family in _families():
         if family.projections:
             register([family.cls], _keep_unknown_layout, name=f"{family.name}-layout")
+    if PreTrainedModel is not None:
+        register([], couple_router_and_experts, name="hf-expert-routing", find=moe_blocks)
