@@ -3,7 +3,9 @@
 - pooling and interpolation work on the trailing spatial dims; channels pass
   through untouched (channels cannot sit on a pooled dim);
 - a reduction over dims that hold channels is a sink: its result belongs to
-  no channel; over other dims, channels pass through;
+  no channel, except that where other dims hold channels too (a norm over each
+  head's dims) each slice of the result is tied to the channels it sums, so a
+  head can go with its statistic; over other dims, channels pass through;
 - softmax, cumsum and friends keep the shape and pass channels through;
 - ``native_layer_norm`` / ``native_group_norm`` / ``native_batch_norm``:
   channels pass through and the affine parameters follow them.
@@ -58,8 +60,14 @@ def reduction(ctx, op, args, kwargs, out) -> None:
     ids = ctx.ids(x)
     dims, keepdim = _reduced_dims(op, args, kwargs, x)
     outputs = tensors_in(out)
-    if ids is None or any(_varies(ids, d) for d in dims) or x.dim() == 0:
-        result = None  # summed over channels: the result belongs to none of them
+    if ids is None or x.dim() == 0:
+        result = None
+    elif any(_varies(ids, d) for d in dims):  # summed over channels: the result belongs to none of them, but where other
+        ids = align(ids, x.dim())             # dims hold channels (a norm over each head), each slice of it exists while
+        others = [d for d in range(x.dim()) if d not in dims and _varies(ids, d)]  # its channels do (one per head)
+        result = ctx.tie_slices([ids], x.shape, others) if others else None
+        if result is not None and not keepdim:
+            result = result.squeeze(dims)
     else:
         ids = align(ids, x.dim())
         result = ids if keepdim else ids.squeeze(dims) if dims else ids

@@ -64,6 +64,19 @@ class OpContext:
         """
         return self._r.tie_slices(labels, shape, dims)
 
+    def tie_to_rows(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
+        """Channel ``ids[p]`` exists while any channel of ``rows[p]`` does: it goes only when all of them go.
+
+        What a broadcast operand needs: a per-head-dim norm weight multiplied
+        into every head stays while any head is left, and goes with dim ``d``
+        only when ``d`` goes from every head (``rows`` is ``(len(ids), k)``).
+        Resolved with the couplings, like ``tie_slices``: a row that one prune
+        removes whole takes the channel with it; any other row keeps it.
+        """
+        keep = ids >= 0
+        if bool(keep.any()):
+            self._r.ties.append((ids[keep], [rows[keep]]))
+
     def sized_by_code(self, ids: torch.Tensor | None) -> None:
         """Channels in ``ids`` met an op whose sizes the model's code passed in (a view, an expand, a split).
 
