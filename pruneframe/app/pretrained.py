@@ -72,11 +72,6 @@ def run(args: argparse.Namespace, progress: bool) -> int:
                            f"not have, and this checkpoint ({human(checkpoint.total_bytes)}) is larger than --max-memory; use "
                            "--importance activation (calibrated one layer at a time) or a weight criterion (l1, l2, lamp, "
                            "fpgm), or raise --max-memory. Nothing was written.")
-    if streaming and isinstance(args.remove_layers, int) and args.remove_layers:
-        raise CommandError(f"--remove-layers {args.remove_layers}: ranking the blocks runs the model on the calibration text "
-                           f"whole, and this checkpoint ({human(checkpoint.total_bytes)}) is larger than --max-memory, so it "
-                           "is planned without its weights; name the blocks to remove (--remove-layers model.layers.3,...), "
-                           "which a streamed prune can do, or raise --max-memory. Nothing was written.")
     target = _streamed(directory, args) if streaming else _in_memory(directory, args)
     return _prune(target, args, progress)
 
