@@ -347,3 +347,44 @@ def test_meta_pruner_leaves_experts_whole_where_top_k_would_be_broken(experts: A
             _meta_prune(model, experts_ratio=0.75)
     assert [layer.num_experts for layer in experts.moe_layers(model)] == [4, 4]
     assert model.config.num_experts == 4
+
+
+def test_expert_pruning_ratio_makes_every_router_a_root_with_that_ratio(experts: Any) -> None:
+    import pruneframe as tp
+    from pruneframe.importance.experts import ExpertRouter
+
+    model = build("Mixtral")
+    importance = tp.importance.MagnitudeImportance(p=2, target_types=[torch.nn.Linear, ExpertRouter, torch.nn.Parameter])
+    ignored = [model.get_input_embeddings(), model.get_output_embeddings()]
+    before = state(model)
+    with pytest.raises(ValueError, match=r"expert_pruning_ratio=1.0: it must be a number in \[0, 1\)"):
+        tp.pruner.MetaPruner(model, TEXT, importance, pruning_ratio=0.3, ignored_layers=ignored, expert_pruning_ratio=1.0)
+    with pytest.raises(ValueError, match=r"expert_pruning_ratio='a quarter': it must be a number"):
+        tp.pruner.MetaPruner(model, TEXT, importance, ignored_layers=ignored, expert_pruning_ratio="a quarter")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    with torch.no_grad():
+        pruner = tp.pruner.MetaPruner(model, TEXT, importance, pruning_ratio=0.3, ignored_layers=ignored,
+                                      expert_pruning_ratio=0.25)
+        pruner.step()
+    assert ExpertRouter in pruner.root_module_types
+    layers = experts.moe_layers(model)
+    assert [(layer.num_experts, layer.width) for layer in layers] == [(3, 24), (3, 24)]
+    assert all(layer.router.num_experts == layer.experts.num_experts == 3 for layer in layers)
+    assert model.config.num_local_experts == 3 and model.config.intermediate_size == 24
+    entries = _plan_entries(model)
+    assert {("model.layers.0.mlp.gate", "out", 1), ("model.layers.1.mlp.gate", "out", 1)} <= set(entries)
+    _round_trips_and_replays(model, "Mixtral")
+
+
+def test_expert_pruning_ratio_zero_keeps_experts_and_a_model_without_routers_is_told(experts: Any) -> None:
+    import pruneframe as tp
+
+    model = build("Mixtral")
+    with torch.no_grad():
+        _meta_prune(model, tp.importance.MagnitudeImportance(p=2), expert_pruning_ratio=0.0)
+    assert [layer.num_experts for layer in experts.moe_layers(model)] == [4, 4]
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4))
+    with pytest.raises(ValueError, match="expert_pruning_ratio=0.25: this model has no mixture-of-experts router"):
+        tp.pruner.MetaPruner(llama, TEXT, tp.importance.MagnitudeImportance(p=2), expert_pruning_ratio=0.25)

@@ -1,11 +1,14 @@
 """MetaPruner's arguments: the default ratio scheduler, and the checks and conversions run before anything is traced."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from ..importance.experts import ExpertRouter
+from ..layer_pruner import counts_as
 from ..registry import get_registry
 from . import targets
 
@@ -88,6 +91,46 @@ def schedule(scheduler: Callable[[float, int], Sequence[float]], ratio: float, s
     if len(values) != steps + 1:
         raise ValueError(f"the pruning ratio scheduler gave {len(values)} ratios for {steps} steps; it must give steps + 1, from 0")
     return [float(v) for v in values]
+
+
+def renamed_arguments(pruning_ratio: Any, pruning_ratio_dict: Any, ch_sparsity: Any, ch_sparsity_dict: Any) -> tuple[Any, Any]:
+    """Torch-Pruning's older names (``ch_sparsity``, ``ch_sparsity_dict``) as the current ones, with a deprecation warning."""
+    if ch_sparsity is not None:
+        warnings.warn("ch_sparsity is deprecated: use pruning_ratio", DeprecationWarning, stacklevel=3)
+        pruning_ratio = ch_sparsity
+    if ch_sparsity_dict is not None:
+        warnings.warn("ch_sparsity_dict is deprecated: use pruning_ratio_dict", DeprecationWarning, stacklevel=3)
+        pruning_ratio_dict = ch_sparsity_dict
+    return pruning_ratio, pruning_ratio_dict
+
+
+def with_expert_roots(root_module_types: Any, expert_pruning_ratio: Any) -> tuple[type, ...]:
+    """``root_module_types``, plus the ``ExpertRouter`` marker when ``expert_pruning_ratio`` (checked here) asks for whole experts."""
+    check_ratio("expert_pruning_ratio", expert_pruning_ratio)
+    types = tuple(root_module_types)
+    return types if not expert_pruning_ratio or ExpertRouter in types else (*types, ExpertRouter)
+
+
+def expert_router_schedules(graph: Any, expert_pruning_ratio: float, pruning_ratio_dict: Any,
+                            scheduler: Callable[[float, int], Sequence[float]],
+                            steps: int) -> tuple[dict[nn.Module, list[float]], dict[nn.Module, str]]:
+    """Per router of the traced ``graph`` (a layer whose pruner ``acts_like`` ``ExpertRouter``), the schedule of
+    ``expert_pruning_ratio`` and a scope of its own, so every mixture-of-experts layer loses that share of its experts.
+
+    A router that is itself a ``pruning_ratio_dict`` key keeps the ratio given there. No router at all is an error.
+    """
+    if not expert_pruning_ratio:
+        return {}, {}
+    routers = {node.module: node.name for node in graph.module2node.values()
+               if node.kind == "layer" and counts_as(node.module, node.pruner, (ExpertRouter,))}
+    if not routers:
+        raise ValueError(f"expert_pruning_ratio={expert_pruning_ratio!r}: this model has no mixture-of-experts router (no layer "
+                         "whose pruner acts_like ExpertRouter); install the plugin for its family (pruneframe-transformers "
+                         "for Hugging Face models) or drop expert_pruning_ratio")
+    given = {id(m) for key in pruning_ratio_dict or {} for m in (key if isinstance(key, (tuple, list)) else (key,))}
+    chosen = {router: name for router, name in routers.items() if id(router) not in given}
+    return ({router: schedule(scheduler, expert_pruning_ratio, steps) for router in chosen},
+            {router: f"local:experts of {name}" for router, name in chosen.items()})
 
 
 def check_ratio(name: str, value: Any, allow_one: bool = False) -> None:

@@ -30,8 +30,9 @@ from ..registry import get_registry
 from ..runtime import heap_frozen
 from ..wrappers import unwrap
 from . import targets
-from .arguments import (check_arguments, check_layers_of, check_remove_layers, linear_scheduler, parameter_pairs,
-                        ratio_dict_schedules, schedule, with_whole_heads_variants)
+from .arguments import (check_arguments, check_layers_of, check_remove_layers, expert_router_schedules, linear_scheduler,
+                        parameter_pairs, ratio_dict_schedules, renamed_arguments, schedule, with_expert_roots,
+                        with_whole_heads_variants)
 from .selection import Candidate, Limits, choose_ranked, join_blocks, select
 from .depth_steps import DepthSteps
 from .query_heads import QueryHeadSteps
@@ -69,6 +70,7 @@ class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps):
     ``prune_query_heads=True``: grouped-query attention loses query heads, the same number from every key/value
     group, instead of whole groups (see ``pruneframe.pruner.query_heads``). ``remove_layers=n`` (ranked by
     ``calibrate(batches)``) or ``=[block names]`` removes whole blocks first (see ``pruneframe.pruner.depth_steps``).
+    ``expert_pruning_ratio=r``: every mixture-of-experts router (pruner ``acts_like`` ``ExpertRouter``) is a root, losing r of its experts.
     """
 
     def __init__(
@@ -106,13 +108,9 @@ class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps):
         progress: bool = False,
         prune_query_heads: bool = False,
         remove_layers: int | Sequence[str] | None = None,
+        expert_pruning_ratio: float = 0.0,
     ):
-        if ch_sparsity is not None:  # Torch-Pruning's older names
-            warnings.warn("ch_sparsity is deprecated: use pruning_ratio", DeprecationWarning, stacklevel=2)
-            pruning_ratio = ch_sparsity
-        if ch_sparsity_dict is not None:
-            warnings.warn("ch_sparsity_dict is deprecated: use pruning_ratio_dict", DeprecationWarning, stacklevel=2)
-            pruning_ratio_dict = ch_sparsity_dict
+        pruning_ratio, pruning_ratio_dict = renamed_arguments(pruning_ratio, pruning_ratio_dict, ch_sparsity, ch_sparsity_dict)
         check_arguments(pruning_ratio, max_pruning_ratio, head_pruning_ratio, iterative_steps, round_to, importance,
                         target_macs, target_params, isinstance(pruning_ratio, _DefaultRatio), prune_query_heads)
 
@@ -129,7 +127,7 @@ class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps):
         self.iterative_steps = iterative_steps
         self.round_to = round_to
         self.ignored_layers = list(ignored_layers or [])
-        self.root_module_types = tuple(root_module_types)
+        self.root_module_types = with_expert_roots(root_module_types, expert_pruning_ratio)  # routers are roots if > 0
         self.out_channel_groups = {**(channel_groups or {}), **(out_channel_groups or {})}
         self.in_channel_groups = dict(in_channel_groups or {})
         self.num_heads = dict(num_heads or {})
@@ -155,9 +153,8 @@ class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps):
         self.per_step_head_pruning_ratio = schedule(iterative_pruning_ratio_scheduler, head_pruning_ratio, iterative_steps)
         self.pruning_ratio_dict, self._layer_scope = ratio_dict_schedules(
             model, pruning_ratio_dict, iterative_pruning_ratio_scheduler, iterative_steps, global_pruning)
-        self.head_pruning_ratio_dict = {
-            m: schedule(iterative_pruning_ratio_scheduler, r, iterative_steps) for m, r in (head_pruning_ratio_dict or {}).items()
-        }
+        self.head_pruning_ratio_dict = {m: schedule(iterative_pruning_ratio_scheduler, r, iterative_steps)
+                                        for m, r in (head_pruning_ratio_dict or {}).items()}
 
         customized_pruners = dict(customized_pruners or {})
         if prune_num_heads:  # a layer pruner that ties head positions by default may offer a whole-heads variant
@@ -168,6 +165,9 @@ class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps):
         with bar("tracing the model", total=1, enabled=progress) as tracing:
             self.DG = self._trace_graph()
             tracing.update()
+        for held, more in zip((self.pruning_ratio_dict, self._layer_scope), expert_router_schedules(
+                self.DG, expert_pruning_ratio, pruning_ratio_dict, iterative_pruning_ratio_scheduler, iterative_steps)):
+            held.update(more)
         # Widths before any step: targets are ratios of these, so iterative steps do not compound.
         self._original: dict[nn.Module, int] = {m: node.out_space.size for m, node in self.DG.module2node.items()
                                                 if node.out_space is not None}
