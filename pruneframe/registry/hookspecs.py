@@ -27,7 +27,8 @@ hookimpl = pluggy.HookimplMarker("pruneframe")
 
 
 class RegisterLayerPruner(Protocol):
-    def __call__(self, pruner: Any, module_types: Iterable[type] = (), *, name: str | None = None) -> None: ...
+    def __call__(self, pruner: Any, module_types: Iterable[type] = (), *, name: str | None = None,
+                 find: Callable[[Any], Iterable[Any]] | None = None) -> None: ...
 
 
 class RegisterOpHandler(Protocol):
@@ -51,8 +52,10 @@ def pruneframe_layer_pruners(register: RegisterLayerPruner) -> None:
     family's own experts class, found by its tensors): when a graph is built
     or a plan replayed on ``model``, the class of every module ``find``
     returns is served by ``pruner`` from then on (classes registered by type
-    keep their pruner). ``find=`` is accepted by the hint and fix-up
-    ``register`` too (keyword only, after ``name``).
+    keep their pruner). The hint and fix-up ``register`` take the same ``find``.
+    A pruner may also say ``inner_channels(layer)`` (a width no tensor shows,
+    pruned as its output channels) and ``parameter_spaces(layer)`` (its tensors'
+    dimensions pruned as raw parameters, tied to others by ``hints.couple``).
     """
 
 
@@ -71,11 +74,13 @@ def pruneframe_op_handlers(register: RegisterOpHandler) -> None:
 
 
 class RegisterModuleHint(Protocol):
-    def __call__(self, module_types: Iterable[type], hint: Callable[[Any, Any], None], *, name: str) -> None: ...
+    def __call__(self, module_types: Iterable[type], hint: Callable[[Any, Any], None], *, name: str,
+                 find: Callable[[Any], Iterable[Any]] | None = None) -> None: ...
 
 
 class RegisterFixup(Protocol):
-    def __call__(self, module_types: Iterable[type], fixup: Callable[[Any], None], *, name: str) -> None: ...
+    def __call__(self, module_types: Iterable[type], fixup: Callable[[Any], None], *, name: str,
+                 find: Callable[[Any], Iterable[Any]] | None = None) -> None: ...
 
 
 @hookspec
