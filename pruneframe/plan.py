@@ -133,7 +133,7 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], registry: Registry | None
     _checked(plan)
     inner = unwrap(model)
     with torch.inference_mode(False):  # pruned tensors must be ordinary ones (see PruneApplier.apply)
-        _replay(inner, plan, registry or get_registry(inner), customized_pruners)
+        _replay(inner, plan, registry, customized_pruners)
     record_plan(inner, plan)
     return model
 
@@ -250,7 +250,7 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, Any], registry: Regi
     given, model = model, unwrap(model)  # a plan names the layers of the module a wrapper holds
     plan, weights = _checked(state_dict["pruning_plan"]), state_dict["state_dict"]
     with torch.inference_mode(False):  # pruned tensors must be ordinary ones (see PruneApplier.apply)
-        transaction = _replay(model, plan, registry or get_registry(model), customized_pruners)
+        transaction = _replay(model, plan, registry, customized_pruners)
         with warnings.catch_warnings():  # only names and shapes are read: what a plugin's export hook says is not for this
             warnings.simplefilter("ignore")
             expected = model.state_dict()
@@ -293,13 +293,21 @@ def _misfit(expected: Mapping[str, Any], weights: Mapping[str, Any]) -> str | No
 _Op = tuple[str, Callable[[], Any], Any]  # what, how, the module or parameter it changes
 
 
-def _replay(model: nn.Module, plan: dict[str, Any], registry: Registry,
+def _replay(model: nn.Module, plan: dict[str, Any], registry: Registry | None,
             customized: Mapping[type, Any] | None) -> Transaction:
-    """Check the whole plan against ``model``, then apply it as one transaction (returned, to undo on a later failure)."""
+    """Check the whole plan against ``model``, then apply it as one transaction (returned, to undo on a later failure).
+
+    Without ``registry``, the process-wide one. Either way its finders look at ``model`` first, so classes plugins
+    serve by their structure (``register(..., find=...)``) resolve as they did when the model was pruned.
+    """
     if model.__dict__.get(_ATTRIBUTE):
         raise PruningError(
             "this model was already pruned; a plan replays on a freshly built, unpruned model of the same architecture"
         )
+    if registry is None:
+        registry = get_registry(model)  # discovers too
+    else:
+        registry.discover(model)
     steps = _resolve(model, plan, registry, dict(customized or {}))
     _, fixups = registry.module_hooks(model)
     changed = [target for ops in steps for _, _, target in ops]

@@ -298,3 +298,93 @@ def test_save_and_load_are_torch_save_and_a_safe_torch_load(tmp_path) -> None:
     with pytest.raises(Exception, match="Weights only load failed"):
         tp.load(tmp_path / "pickled.pth")
     assert isinstance(tp.load(tmp_path / "pickled.pth", weights_only=False), Tagged)
+
+
+# --- classes a plugin finds by their structure (register(..., find=...)) ----------------------------
+
+
+class _StoredWidthScale(nn.Module):
+    """A per-feature gain whose forward reshapes with its stored width; no plugin lists this class."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.features = features
+        self.gain = nn.Parameter(torch.linspace(0.5, 2.0, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(-1, self.features) * self.gain
+
+
+class _ScalePruner(tp.DeclarativeLayerPruner):
+    tensors = (tp.TensorDims("gain", out=0),)
+    out_attrs = ("features",)
+    coupled = True
+    output_dim = input_dim = -1
+
+
+def _scale_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(getattr(m, "gain", None), nn.Parameter) and hasattr(m, "features")]
+
+
+class _FindScalePlugin:
+    @tp.hookimpl
+    def pruneframe_layer_pruners(self, register) -> None:
+        register(_ScalePruner(), name="test_plan_scale", find=_scale_layers)
+
+
+def _scale_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), _StoredWidthScale(8), nn.Linear(8, 2))
+
+
+def _fresh_find_registry():
+    from pruneframe.registry import build_registry
+
+    registry = build_registry(extra_plugins=[("test-plan-find", _FindScalePlugin())])
+    assert registry.layer_pruner(_StoredWidthScale) is None  # it has seen no model: the class is not served yet
+    return registry
+
+
+def _pruned_scale_net() -> nn.Module:
+    model = _scale_net()
+    DG = tp.DependencyGraph(registry=_fresh_find_registry()).build_dependency(model, torch.randn(2, 3))
+    group = DG.get_pruning_group(model[0], tp.prune_linear_out_channels, [1, 4, 6])
+    assert [dep.target.name for dep, _ in group] == ["0", "1", "2"]  # the scale is one leaf, served by the found pruner
+    group.prune()
+    return model
+
+
+def test_a_replay_with_an_explicit_registry_finds_the_classes_its_plugins_serve_by_structure() -> None:
+    model, x = _pruned_scale_net(), torch.randn(5, 3)
+    sd = roundtrip(tp.state_dict(model))
+    assert model[1].features == 5
+
+    fresh, registry = _scale_net(), _fresh_find_registry()  # a registry that never saw the pruned model
+    tp.load_state_dict(fresh, state_dict=sd, registry=registry)
+    assert isinstance(registry.layer_pruner(_StoredWidthScale), _ScalePruner)
+    assert fresh[1].features == 5 and fresh[1].gain.shape == (5,) and fresh[0].out_features == 5
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+
+    again = _scale_net()
+    apply_plan(again, sd["pruning_plan"], registry=_fresh_find_registry())
+    assert again[1].features == 5 and [p.shape for p in again.parameters()] == [p.shape for p in model.parameters()]
+
+
+def test_a_finder_that_fails_during_a_replay_is_named_and_the_model_is_left_as_it_was() -> None:
+    from pruneframe.registry import build_registry
+
+    def broken(model: nn.Module) -> list[nn.Module]:
+        raise RuntimeError("cannot read this model")
+
+    class Broken:
+        @tp.hookimpl
+        def pruneframe_layer_pruners(self, register) -> None:
+            register(_ScalePruner(), name="test_plan_broken", find=broken)
+
+    sd = tp.state_dict(_pruned_scale_net())
+    fresh = _scale_net()
+    before = _state(fresh)
+    with pytest.raises(tp.PruningError, match=r"finder of 'test_plan_broken' \(plugin 'test-plan-broken'\) failed.*cannot read"):
+        tp.load_state_dict(fresh, state_dict=sd, registry=build_registry(extra_plugins=[("test-plan-broken", Broken())]))
+    assert _same_state(fresh, before) and fresh[1].features == 8
