@@ -227,6 +227,63 @@ def test_a_hugging_face_config_is_a_row_of_its_own() -> None:
         ("config", "LlamaConfig", (SizeChange("hidden_size", 64, 32), SizeChange("num_attention_heads", 4, 2)))]
 
 
+# --- after whole blocks were removed -----------------------------------------------------------
+class WidthBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(16, width), nn.Linear(width, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.out(torch.relu(self.fc(x)))
+
+
+class WidthStack(nn.Module):
+    """Four residual blocks of one layout whose inner widths differ (8, 16, 24, 32), so a renumbered block is told apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(WidthBlock(8 * (k + 1)) for k in range(4))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def test_after_remove_layers_kept_blocks_compare_under_their_new_names_and_removed_ones_are_one_row() -> None:
+    torch.manual_seed(0)
+    model = WidthStack().eval()
+    snapshot = layer_sizes(model)
+    pruner = tp.pruner.MetaPruner(model, torch.randn(2, 16), tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                                  remove_layers=["layers.1"])
+    pruner.step()
+    rows = layer_changes(snapshot, model)
+    assert [(r.name, r.type) for r in rows if r.status == "removed"] == [("layers.1", "WidthBlock")]
+    assert not [r for r in rows if r.status == "added"]
+    shown = changes(snapshot, model)
+    assert shown["layers.0.fc"] == "out_features 8 -> 4"
+    assert shown["layers.1.fc"] == "out_features 24 -> 12"  # the block that was layers.2, against its own sizes
+    assert shown["layers.2.out"] == "in_features 32 -> 16"  # was layers.3
+    assert "layers.3.fc" not in shown and "layers.1.out" in shown
+    table = layer_table(snapshot, model).splitlines()
+    removed = " layers.1     | WidthBlock | removed (named as before the removal; the kept blocks are renumbered)"
+    assert table[0] == "Layers changed: 7 of 15" and removed in table
+    assert table[table.index(removed) + 1].startswith(" layers.1.fc  | Linear     | out_features 24 -> 12")
+
+
+def test_a_snapshot_taken_after_an_earlier_removal_follows_the_next_one() -> None:
+    torch.manual_seed(0)
+    model = WidthStack().eval()
+    tp.pruner.remove_layers(model, ["layers.0"])  # widths now 16, 24, 32 under layers.0 .. layers.2
+    snapshot = layer_sizes(model)
+    tp.pruner.remove_layers(model, ["layers.1"])  # the 24 goes; 32 is layers.1 now
+    rows = layer_changes(snapshot, model, all_layers=True)
+    assert [r.name for r in rows if r.status == "removed"] == ["layers.1"]
+    assert [r.status for r in rows if r.name == "layers.1.fc"] == ["unchanged"]  # the 32-wide block, unchanged
+    assert not [r for r in rows if r.status in ("added", "changed")]
+
+
 # --- the table's options and refusals ---------------------------------------------------------
 def test_all_layers_shows_the_unchanged_ones_and_an_unpruned_model_says_so() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 2, 1))

@@ -189,27 +189,8 @@ def after_pruning(pruner: Any, snapshot: Any, model: Any, args: argparse.Namespa
     from .report import print_prune_report
 
     _say("" if not args.dry_run else "\ndry run: the prune below was made in memory only")
-    if pruner.removed_layers:
-        snapshot = _renamed(snapshot, model)
     print_prune_report(snapshot, model, pruner, all_layers=args.all_layers)
     sys.stdout.flush()
-
-
-def _renamed(snapshot: Any, model: Any) -> Any:
-    """``snapshot`` under the names its layers have after a removal, the removed blocks left out, so sizes compare by layer."""
-    from ..pruner.depth import original_names
-    from .report import SizeSnapshot
-
-    now_of = {before: now for now, before in original_names(model).items()}
-    layers = {}
-    for name, sizes in snapshot.layers.items():
-        owner, suffix = name, ""
-        if name == "config" or name.endswith(".config"):  # a Hugging Face config, recorded under its module's name
-            owner, suffix = name[:-len("config")].rstrip("."), "config"
-        if owner in now_of:
-            now = now_of[owner]
-            layers[".".join(part for part in (now, suffix) if part)] = sizes
-    return SizeSnapshot(layers)
 
 
 def _save(built: Any, args: argparse.Namespace) -> None:

@@ -20,6 +20,7 @@ import torch
 from ..graph import DependencyGraph, Group
 from ..graph.dependency_graph import KeptWhole
 from ..graph.node import Space
+from ..pruner.depth import original_names
 from ..wrappers import unwrap
 
 MODEL = "(model)"  # how the model itself (module name "") is shown
@@ -57,9 +58,13 @@ class LayerSizes:
 
 @attrs.frozen
 class SizeSnapshot:
-    """Every layer's sizes at one moment, by module name in ``named_modules`` order (``layer_sizes(model)``)."""
+    """Every layer's sizes at one moment, by module name in ``named_modules`` order (``layer_sizes(model)``).
+
+    ``originals``: each name then -> its name before any ``remove_layers`` (so a later removal's renumbering can be followed).
+    """
 
     layers: dict[str, LayerSizes]
+    originals: dict[str, str] = attrs.field(factory=dict)
 
 
 def layer_sizes(model: Any) -> SizeSnapshot:
@@ -78,7 +83,7 @@ def layer_sizes(model: Any) -> SizeSnapshot:
         if config is not None and callable(getattr(config, "to_dict", None)) and id(config) not in configs:
             configs.add(id(config))
             layers.setdefault(f"{name}.config" if name else "config", LayerSizes(type(config).__name__, _sizes_of(config), {}, False))
-    return SizeSnapshot(layers)
+    return SizeSnapshot(layers, original_names(model))
 
 
 def _show(value: Any) -> str:
@@ -112,13 +117,29 @@ def _diff(before: dict[str, Any], after: dict[str, Any]) -> list[SizeChange]:
     return [SizeChange(k, before.get(k), after.get(k)) for k in keys if before.get(k) != after.get(k)]
 
 
+def _names_now(snapshot: SizeSnapshot, model: Any) -> dict[str, str]:
+    """Each snapshot name -> the layer's name in ``model`` now, following ``remove_layers``' renumbering (gone: left out)."""
+    now_of = {before: now for now, before in original_names(model).items()}
+    found = {}
+    for name in snapshot.layers:
+        owner, suffix = name, ""
+        if name not in snapshot.originals and (name == "config" or name.endswith(".config")):  # a config, under its module
+            owner, suffix = name[:-len("config")].rstrip("."), "config"
+        now = now_of.get(snapshot.originals.get(owner, owner))
+        if now is not None:
+            found[name] = ".".join(part for part in (now, suffix) if part)
+    return found
+
+
 def layer_changes(snapshot: SizeSnapshot, model: Any, all_layers: bool = False) -> list[LayerChange]:
     """The layers whose sizes differ from ``snapshot`` (every layer with ``all_layers``), in ``named_modules`` order.
 
     A layer's size attributes are compared (``out_channels 64 -> 32``); the
     shapes of its own tensors are listed too where its attributes do not
     describe them: a container's parameters (a class token) or a layer whose
-    sizes live only in its tensors (an RMSNorm weight).
+    sizes live only in its tensors (an RMSNorm weight). After ``remove_layers``
+    a kept layer is compared under its new name (``layers.3`` -> ``layers.2``)
+    and a removed block is one "removed" row, under its name in the snapshot.
     """
     if not isinstance(snapshot, SizeSnapshot):
         raise TypeError(f"layer_changes takes the snapshot layer_sizes(model) made before the prune, not {type(snapshot).__name__}")
@@ -127,12 +148,17 @@ def layer_changes(snapshot: SizeSnapshot, model: Any, all_layers: bool = False) 
     if root_before is not None and root_now is not None and root_before.type != root_now.type:
         raise ValueError(f"the snapshot was taken of a {root_before.type}, but this model is a {root_now.type}: "
                          "take layer_sizes(model) of this model before pruning it")
-    rows = []
+    names_now = _names_now(snapshot, model)
+    rows: list[LayerChange] = []
+    gone: list[str] = []
     for name, before in snapshot.layers.items():
-        after = now.get(name)
+        after = now.get(names_now[name]) if name in names_now else None
         if after is None:
-            rows.append(LayerChange(name, before.type, "removed"))
+            if not any(name.startswith(g + ".") for g in gone if g):  # a removed block stands for its submodules
+                rows.append(LayerChange(name, before.type, "removed"))
+            gone.append(name)
             continue
+        name = names_now[name]
         changes = _diff(before.sizes, after.sizes)
         if before.container or not changes:
             changes += _diff(before.tensors, after.tensors)
@@ -140,8 +166,12 @@ def layer_changes(snapshot: SizeSnapshot, model: Any, all_layers: bool = False) 
             changes.insert(0, SizeChange("type", before.type, after.type))
         if changes or all_layers:
             rows.append(LayerChange(name, after.type, "changed" if changes else "unchanged", changes))
-    rows += [LayerChange(name, after.type, "added") for name, after in now.items() if name not in snapshot.layers]
+    kept = set(names_now.values())
+    rows += [LayerChange(name, after.type, "added") for name, after in now.items() if name not in kept]
     return rows
+
+
+_STATUS = {"removed": "removed (named as before the removal; the kept blocks are renumbered)"}
 
 
 def layer_table(snapshot: SizeSnapshot, model: Any, all_layers: bool = False) -> str:
@@ -151,7 +181,7 @@ def layer_table(snapshot: SizeSnapshot, model: Any, all_layers: bool = False) ->
     title = f"Layers changed: {changed} of {len(snapshot.layers)}"
     if not rows:
         return title + " (nothing was pruned)"
-    body = [(r.name or MODEL, r.type, ", ".join(map(str, r.changes)) or r.status) for r in rows]
+    body = [(r.name or MODEL, r.type, ", ".join(map(str, r.changes)) or _STATUS.get(r.status, r.status)) for r in rows]
     return title + "\n" + format_table(("layer", "type", "before -> after"), body)
 
 
