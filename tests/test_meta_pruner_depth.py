@@ -99,11 +99,32 @@ def test_a_target_counts_what_the_removal_took_off():
     plain.step()
     model = _model()
     deeper = tp.pruner.MetaPruner(model, X, _imp(), target_params=0.6, remove_layers=["layers.3", "layers.4"])
-    with pytest.raises(ValueError, match="search_target_ratio before the first step with remove_layers"):
-        deeper.search_target_ratio()
     deeper.step()
     assert deeper.target_result.met and sum(p.numel() for p in model.parameters()) <= 0.6 * params
     assert deeper.target_result.ratio < plain.target_result.ratio  # two blocks fewer: less width has to go
+
+
+@pytest.mark.parametrize("remove", [["layers.1", "layers.3"], 2])
+def test_a_search_before_the_first_step_counts_the_pending_removal(remove: Any):
+    model = _model()
+    before = copy.deepcopy(model.state_dict())
+    pruner = tp.pruner.MetaPruner(model, X, _imp(), target_params=0.6, remove_layers=remove)
+    if isinstance(remove, int):
+        with pytest.raises(NotCalibratedError, match="remove_layers=2 needs pruner.calibrate"):
+            pruner.search_target_ratio()
+        pruner.calibrate(BATCHES)
+    found = pruner.search_target_ratio()
+    assert len(model.layers) == 5 and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing pruned
+    pruner.step()
+    assert len(model.layers) == 3
+    reached = pruner.target_result
+    assert (found.ratio, found.lower_ratio, found.layers_at_ratio, found.layers) == (
+        reached.ratio, reached.lower_ratio, reached.layers_at_ratio, reached.layers)
+    assert (found.macs, found.params) == (reached.macs, reached.params) == tp.utils.count_ops_and_params(model, X)[:2]
+    if isinstance(remove, list):  # the same answer without a pruner of one's own, the model left as it was
+        fresh = _model()
+        alone = tp.pruner.ratio_for_target(fresh, X, _imp(), target_params=0.6, remove_layers=remove)
+        assert (alone.ratio, alone.params) == (found.ratio, found.params) and len(fresh.layers) == 5
 
 
 def test_activation_importance_and_block_influence_share_one_calibration_pass():

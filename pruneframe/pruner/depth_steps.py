@@ -8,7 +8,8 @@ influential removable blocks (each layer list keeping one) or the named ones are
 ``remove_layers``, which runs the example inputs and undoes the removal if the model no longer runs. Then the
 graph is traced again, and what the pruner held of removed modules (ignored layers, ratio-dict entries,
 ``num_heads``, channel groups) is dropped. A MACs or parameter target stays a share of the *original* model's
-counts, so the removal counts toward it: the ratio search runs on the shallower model. Example::
+counts, so the removal counts toward it: the ratio search runs on the shallower model
+(``search_target_ratio()`` before the first step too: its shape-only twin loses the blocks first). Example::
 
     pruner = tp.pruner.MetaPruner(model, example_inputs, tp.importance.MagnitudeImportance(p=2),
                                   pruning_ratio=0.2, remove_layers=2)
@@ -93,19 +94,21 @@ class DepthSteps:
                 f"the next, is not scored. Pass remove_layers={len(chosen)} or name the blocks to remove")
         return chosen
 
+    def _pending_blocks(self) -> list[str]:
+        """The blocks the pending removal takes: the named ones, or the ``remove_layers`` least influential (calibrated)."""
+        if not isinstance(self.remove_layers, int):
+            return list(self.remove_layers or ())
+        if self.layer_ranking is None:
+            raise NotCalibratedError(
+                f"remove_layers={self.remove_layers} needs pruner.calibrate(batches) first (block influence ranks the "
+                "layers); or name the blocks to remove, remove_layers=['model.layers.3', ...], which needs no data")
+        return self._lowest_blocks()
+
     def _remove_pending_layers(self) -> None:
         """At the start of the first step: remove the blocks, then trace again and drop what pointed to them."""
         if not self._removal_pending():
             return
-        if isinstance(self.remove_layers, int):
-            if self.layer_ranking is None:
-                raise NotCalibratedError(
-                    f"remove_layers={self.remove_layers} needs pruner.calibrate(batches) first (block influence ranks the "
-                    "layers); or name the blocks to remove, remove_layers=['model.layers.3', ...], which needs no data")
-            chosen: list[Any] = self._lowest_blocks()
-        else:
-            chosen = list(self.remove_layers)
-        gone = remove_layers(self.model, chosen, example_inputs=self.example_inputs, forward_fn=self.forward_fn,
+        gone = remove_layers(self.model, self._pending_blocks(), example_inputs=self.example_inputs, forward_fn=self.forward_fn,
                              registry=self.DG.registry)
         self.removed_layers = tuple(gone)
         self._depth_done = True
@@ -136,12 +139,9 @@ class DepthSteps:
                 "pruneframe.state_dict(model) / pruneframe.load_state_dict(fresh_model, state_dict)")
         return history
 
-    def search_target_ratio(self) -> Any:
-        if self._removal_pending():
-            raise ValueError(f"search_target_ratio before the first step with remove_layers={self.remove_layers!r}: the "
-                             "ratio depends on the model after the removal, which happens at the start of step(); call "
-                             "it after the first step, or search without remove_layers")
-        return super().search_target_ratio()  # type: ignore[misc]
+    def _twin_removal(self) -> tuple[str, ...]:
+        """A search before the first step counts the pending removal: the shape twin loses those blocks first."""
+        return tuple(self._pending_blocks()) if self._removal_pending() else ()
 
 
 __all__ = ["DepthSteps"]

@@ -31,6 +31,10 @@ class TargetSteps:
         finally:
             self.current_step -= 1
 
+    def _twin_removal(self) -> tuple[str, ...]:
+        """Blocks the shape twin loses before a search: none here (``DepthSteps`` names a pending removal's)."""
+        return ()
+
     def _resolve_target(self, target_macs: Any, target_params: Any) -> targets.Target:
         """The budgets as counts, checked against the model's counts before anything is traced."""
         try:
@@ -68,9 +72,12 @@ class TargetSteps:
         """The smallest ratio whose prune of a shape twin meets this step's target (the real model is not touched)."""
         target = self._step_target()
         with bar("tracing a shape-only copy", total=1, enabled=self.progress) as tracing:
+            removal = self._twin_removal()
             twin = targets.ShapeTwin(self.model, self.example_inputs, self.forward_fn, self.output_transform,
-                                     self._unwrapped_parameters, self._customized_pruners)
+                                     self._unwrapped_parameters, self._customized_pruners, remove_blocks=removal)
             tracing.update()
+        if removal:  # a pending remove_layers: the twin lacks those blocks, and the step will not see their groups
+            candidates = [(c, model_wide) for c, model_wide in candidates if twin.knows(c.space)]
         counted: dict[bytes, tuple[int, int]] = {}
 
         def measure(ratio: float, lower: float, split: int) -> tuple[int, int]:

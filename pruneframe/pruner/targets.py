@@ -29,7 +29,7 @@ import copy
 import math
 import re
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import attrs
 import torch
@@ -199,21 +199,42 @@ def check_shape_only(model: nn.Module, example_inputs: Any, forward_fn: Callable
                           + RATIO_INSTEAD)
 
 
+def _remove_blocks(model: nn.Module, names: Sequence[str]) -> dict[str, str]:
+    """Remove the blocks ``names`` from ``model`` (a twin: no checks, no fix-ups); each kept module's name now -> before."""
+    from .depth import original_names, remove_positions
+
+    before = {original: now for now, original in original_names(model).items()}
+    positions: dict[str, list[int]] = {}
+    for name in names:
+        parent, _, key = name.rpartition(".")
+        positions.setdefault(parent, []).append(list(model.get_submodule(parent)._modules).index(key))
+    for parent in sorted(positions, key=lambda n: -n.count(".")):  # the innermost lists first, as remove_layers does
+        remove_positions(model.get_submodule(parent), positions[parent])
+    return {now: before[original] for now, original in original_names(model).items() if original in before}
+
+
 class ShapeTwin:
-    """A meta-device copy of a model, traced once, on which trial prunes are made, counted and undone."""
+    """A meta-device copy of a model, traced once, on which trial prunes are made, counted and undone.
+
+    ``remove_blocks``: names of blocks (``"model.layers.3"``) the copy loses before it is traced, so a pending
+    ``remove_layers`` is counted; the copy's layers are still found under the model's names (``counterpart``).
+    """
 
     def __init__(self, model: nn.Module, example_inputs: Any, forward_fn: Callable[[nn.Module, Any], Any] | None = None,
                  output_transform: Callable[[Any], Any] | None = None,
                  unwrapped_parameters: list[tuple[nn.Parameter, int]] | None = None,
-                 customized_pruners: dict[type, Any] | None = None):
+                 customized_pruners: dict[type, Any] | None = None, remove_blocks: Sequence[str] = ()):
         try:
             self.model = meta_copy(model)
         except Exception as exc:  # a model deepcopy cannot copy (a lock, a handle): say so, and the way out
             raise _shape_only_failure("copying its structure (copy.deepcopy)", exc) from exc
+        model_names = _remove_blocks(self.model, remove_blocks) if remove_blocks else {}
         self.inputs = map_tensors(example_inputs, lambda t: t.to("meta"))
         self.forward_fn = forward_fn
         names = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
-        pairs = [(self.model.get_parameter(names[id(p)]), dim) for p, dim in unwrapped_parameters or ()]
+        twin_names = {before: now for now, before in model_names.items()}
+        pairs = [(self.model.get_parameter(_renamed(names[id(p)], twin_names)), dim) for p, dim in unwrapped_parameters or ()
+                 if _renamed(names[id(p)], twin_names) is not None]
         try:
             with warnings.catch_warnings():  # what the trace reports was reported for the real model already
                 warnings.simplefilter("ignore")
@@ -223,7 +244,11 @@ class ShapeTwin:
                     verify_prunes=False)
         except Exception as exc:  # the model's own code needs values (data-dependent control flow, .item())
             raise _shape_only_failure("tracing it", exc) from exc
-        self._nodes = {node.name: node for node in self.graph.module2node.values()}
+        self._nodes = {model_names.get(node.name, node.name): node for node in self.graph.module2node.values()}
+
+    def knows(self, space: "Space") -> bool:
+        """Whether the copy has the layer of ``space`` (a layer of a block it lost has none)."""
+        return space.node.name in self._nodes
 
     def counterpart(self, space: "Space") -> "Space":
         """The twin's channel space for ``space`` of the real model (its layer, same kind, all channels alive)."""
@@ -262,6 +287,15 @@ class ShapeTwin:
         except ValueError as exc:
             raise _shape_only_failure("counting its MACs", exc) from exc
         return macs, params
+
+
+def _renamed(parameter: str, twin_names: dict[str, str]) -> str | None:
+    """A parameter's name in a twin that lost blocks (``twin_names``: module name then -> now); None: it was removed."""
+    if not twin_names:
+        return parameter
+    owner, _, leaf = parameter.rpartition(".")
+    now = twin_names.get(owner)
+    return None if now is None else ".".join(part for part in (now, leaf) if part)
 
 
 def search_ratio(measure: Callable[[float, float, int], tuple[int, int]], target: Target, low: float, high: float,
