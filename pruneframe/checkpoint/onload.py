@@ -36,7 +36,9 @@ class LayerLoader:
         self.model = model
         self.original = original
         self.checkpoint = checkpoint
-        self.registry = registry or get_registry(model)
+        self.registry = get_registry(model) if registry is None else registry
+        if registry is not None:
+            registry.discover(model)  # classes a plugin serves by their structure (find=), as get_registry does
         self._aliases = tied_names(original)
         self._index: tuple[int, dict[str, list[dict[str, Any]]]] | None = None
 

@@ -61,6 +61,9 @@ class PruneApplier:
     def one_run_check(self) -> Iterator[None]:
         """Prunes made inside are checked by one run of the model at the end instead of one run each.
 
+        The fix-ups (sizes stored outside the layers, a config) also run once, at the end, from the final shapes:
+        running them after every group cost a walk of the whole model per group.
+
         If the model no longer runs then, every prune made inside is undone
         (modules, graph and plan as before the block) and ``ModelStopsRunningError``
         is raised; prune them one at a time to find which one breaks it. The
@@ -80,10 +83,22 @@ class PruneApplier:
         finally:
             self._deferred = None
         if deferred:
+            fixed = Transaction([m for m, _ in self.fixups])  # the fix-ups run once for the block, from its final shapes
+            try:
+                self._run_fixups(fixed)
+            except BaseException:
+                self._undo(deferred)
+                raise
             broken = self.still_runs(torch.cat([a.ids for a in deferred]))
             if broken is not None:
+                fixed.restore()
                 self._undo(deferred)
                 raise _stops_running(broken)
+
+    def _run_fixups(self, transaction: Transaction) -> None:
+        for module, entry in self.fixups:
+            transaction.run(f"the fix-up {entry.name!r} of plugin {entry.plugin!r} on {type(module).__name__}",
+                            functools.partial(entry.function, module))
 
     def _undo(self, applied: list[_Applied]) -> None:
         for a in reversed(applied):
@@ -115,15 +130,16 @@ class PruneApplier:
         targets = [dep.target for dep, _ in group]
         check_still_there(self.model, targets)
         check_unchanged(targets)
-        transaction = Transaction([n.module for n in targets if isinstance(n.module, nn.Module)] + [m for m, _ in self.fixups],
+        deferred = self._deferred is not None  # inside one_run_check the block runs the fix-ups once, at its end
+        transaction = Transaction([n.module for n in targets if isinstance(n.module, nn.Module)]
+                                  + ([] if deferred else [m for m, _ in self.fixups]),
                                   [n.module for n in targets if isinstance(n.module, torch.Tensor)])
         for dep, idxs in group:
             transaction.run(f"pruning {dep.target.name} ({dep.target.type}) with {function_name(dep.handler)} "
                             f"of plugin {dep.target.plugin!r}", functools.partial(dep, idxs),
                             dep.target.module if isinstance(dep.target.module, nn.Module) else None)
-        for module, entry in self.fixups:
-            transaction.run(f"the fix-up {entry.name!r} of plugin {entry.plugin!r} on {type(module).__name__}",
-                            functools.partial(entry.function, module))
+        if not deferred:
+            self._run_fixups(transaction)
         touched = group.touched
         ids = torch.cat([space.base + traced for space, traced in touched])
         if self._deferred is None:
