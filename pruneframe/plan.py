@@ -51,6 +51,7 @@ from .errors import PruningError
 from .graph.transaction import Transaction
 from .registry import Registry, get_registry
 from .registry.entries import CUSTOMIZED
+from .plan_attributes import attributes_of, check_attributes, warn_unsaved
 from .wrappers import unwrap
 
 FORMAT = "pruneframe-pruning-plan"
@@ -154,78 +155,9 @@ def state_dict(model: nn.Module) -> dict[str, Any]:
     ``{"state_dict": ..., "pruning_plan": ..., "attributes": ..., "unsaved_attributes": ...}``: see the module doc.
     """
     model = unwrap(model)
-    attributes, unsaved = _attributes_of(model)
+    attributes, unsaved = attributes_of(model)
     return {"state_dict": model.state_dict(), "pruning_plan": get_plan(model), "attributes": attributes,
             "unsaved_attributes": unsaved}
-
-
-_PLAIN_SCALARS = (type(None), bool, int, float, str)
-_SKIPPED = ("training",)
-
-
-def _plain(value: Any) -> bool:
-    """Whether ``value`` is plain data that ``torch.load(weights_only=True)`` reads back exactly (exact types only)."""
-    kind = type(value)
-    if kind in _PLAIN_SCALARS:
-        return True
-    if kind in (list, tuple):
-        return all(_plain(v) for v in value)
-    if kind is dict:
-        return all(type(k) is str and _plain(v) for k, v in value.items())
-    return False
-
-
-def _attributes_of(model: nn.Module) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
-    """Per module name: its plain-data attributes (copied), and the type names of the data attributes that are not plain."""
-    saved: dict[str, dict[str, Any]] = {}
-    unsaved: dict[str, dict[str, str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        mine, skipped = {}, {}
-        for attr, value in vars(module).items():
-            if attr.startswith("_") or attr in _SKIPPED or callable(value):
-                continue
-            if _plain(value):
-                mine[attr] = copy.deepcopy(value)
-            else:
-                skipped[attr] = type(value).__name__
-        if mine:
-            saved[name] = mine
-        if skipped:
-            unsaved[name] = skipped
-    return saved, unsaved
-
-
-def _check_attributes(model: nn.Module, attributes: Any) -> list[tuple[nn.Module, str, Any]]:
-    """The (module, name, value) assignments ``attributes`` asks for; raises, before anything changes, if one cannot apply."""
-    if not isinstance(attributes, dict):
-        raise ValueError(f"the saved 'attributes' are a {type(attributes).__name__}, not a dict; the file is damaged")
-    modules = dict(model.named_modules(remove_duplicate=False))
-    found = []
-    for name, values in attributes.items():
-        module = modules.get(name)
-        if module is None:
-            raise PruningError(f"attributes were saved for a module {name!r}, which the model does not have; the state "
-                               "dict is for another architecture. The model was left as it was.")
-        if not isinstance(values, dict) or not all(isinstance(k, str) and _plain(v) for k, v in values.items()):
-            raise ValueError(f"the saved attributes of module {name!r} are not plain data; the file is damaged")
-        for attr, value in values.items():
-            if attr in module._parameters or attr in module._buffers or attr in module._modules:
-                raise PruningError(f"the saved attribute {name or '(model)'}.{attr} is a plain value, but {attr!r} is a "
-                                   "parameter, buffer or submodule of this model; the state dict is for another architecture. "
-                                   "The model was left as it was.")
-            found.append((module, attr, value))
-    return found
-
-
-def _warn_unsaved(model: nn.Module, unsaved: Any) -> None:
-    """Warn of attributes that were not saved (not plain data) and that the freshly built model does not have either."""
-    modules = dict(model.named_modules(remove_duplicate=False))
-    missing = [f"{name + '.' if name else ''}{attr} ({kind})" for name, attrs_ in (unsaved or {}).items()
-               for attr, kind in (attrs_ or {}).items() if name in modules and attr not in vars(modules[name])]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        warnings.warn(f"these attributes were not saved, only plain data is (numbers, strings, lists, tuples, dicts): {shown}. "
-                      "Set them again on the loaded model.", stacklevel=3)
 
 
 def load_state_dict(model: nn.Module, state_dict: dict[str, Any], registry: Registry | None = None,
@@ -261,14 +193,14 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, Any], registry: Regi
                 "configuration as the one that was pruned? It was left as it was."
             ))
         try:
-            assignments = _check_attributes(model, state_dict.get("attributes", {}))
+            assignments = check_attributes(model, state_dict.get("attributes", {}))
         except (PruningError, ValueError) as exc:
             transaction.fail(exc)
         model.load_state_dict(weights)  # names and shapes match: copying the values cannot fail now
     for module, attr, value in assignments:  # checked above: plain values on names that are no parameter or submodule
         vars(module)[attr] = copy.deepcopy(value)
     record_plan(model, plan)
-    _warn_unsaved(model, state_dict.get("unsaved_attributes"))
+    warn_unsaved(model, state_dict.get("unsaved_attributes"))
     return given
 
 

@@ -18,7 +18,7 @@ import attrs
 import torch
 
 from ..graph import DependencyGraph, Group
-from ..graph.dependency_graph import KeptWhole
+from ..graph.records import KeptWhole
 from ..graph.node import Space
 from ..pruner.depth import original_names
 from ..wrappers import unwrap

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
-import attrs
 import torch
 from torch import nn
 
@@ -25,7 +24,9 @@ from .apply import PruneApplier
 from .couplings import ChannelCoupling
 from .dependency import Dependency, GroupItem, IndexMapping, PruneRecord, function_name
 from .group import Group
+from .hints import ModuleHints
 from .node import Node, Space
+from .records import ChannelTie, KeptWhole
 
 if TYPE_CHECKING:
     from ..tracing import TraceResult
@@ -44,56 +45,7 @@ def channel_kind(pruning_fn: Callable[..., Any]) -> str:
     )
 
 
-class ModuleHints:
-    """What plugins' module hints say a model's code fixes; handed to each hint function."""
-
-    def __init__(self) -> None:
-        self.kept: list[tuple[nn.Module, str, str]] = []
-        self.coupled: list[tuple[Any, str, Any, str, str]] = []
-
-    def keep_out_channels(self, layer: nn.Module, reason: str) -> None:
-        """``layer``'s output channels must all stay, because of ``reason``."""
-        self.kept.append((layer, "out", reason))
-
-    def keep_in_channels(self, layer: nn.Module, reason: str) -> None:
-        """``layer``'s input channels must all stay, because of ``reason``."""
-        self.kept.append((layer, "in", reason))
-
-    def couple(self, layer_a: Any, kind_a: str, layer_b: Any, kind_b: str, reason: str) -> None:
-        """Channel i of ``layer_a``'s ``kind_a`` ("out"/"in") channels goes with channel i of ``layer_b``'s ``kind_b``.
-
-        For couplings no tensor shows: a router's output rows pick experts by index, and the experts of fused
-        expert weights (a raw-parameter space, named by the parameter) must follow them. The two must have as
-        many channels; when they do not, or one of them is not a node of the graph, both keep all their channels.
-        """
-        for kind in (kind_a, kind_b):
-            if kind not in ("out", "in"):
-                raise ValueError(f"couple: kind {kind!r}; use 'out' or 'in'")
-        self.coupled.append((layer_a, kind_a, layer_b, kind_b, reason))
-
-
 VERIFY_MODES = {"auto": "auto", "always": "always", "never": "never", True: "always", False: "never"}
-
-
-@attrs.frozen
-class KeptWhole:
-    """One side of a layer whose channels all stay, and why: ``kind`` is "out" or "in", ``channels`` how many it has."""
-
-    name: str
-    type: str
-    kind: str
-    channels: int
-    reasons: tuple[str, ...] = attrs.field(converter=tuple)
-
-
-@attrs.frozen(eq=False)
-class ChannelTie:
-    """Channels of two spaces the trace tied directly: traced position ``a_positions[k]`` of ``a`` with ``b_positions[k]`` of ``b``."""
-
-    a: Space
-    b: Space
-    a_positions: torch.Tensor
-    b_positions: torch.Tensor
 
 
 class DependencyGraph:
