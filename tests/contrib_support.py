@@ -86,3 +86,17 @@ def contrib_plugin(tmp_path_factory: Any, distribution: str) -> Iterator[Any]:
     site = install_offline(CONTRIB_ROOT / distribution, tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site"))
     with installed_in_process(site, package):
         yield importlib.import_module(package)
+
+
+def save_word_tokenizer(directory: Path) -> None:
+    """Save a word-level tokenizer (100 ``w<i>`` words and a few English ones, vocabulary < 128) into ``directory``.
+
+    What a checkpoint needs for ``--calibration`` text, made offline.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["[UNK]", *[f"w{i}" for i in range(100)], *"the a of to and in is it that was".split()]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(directory)

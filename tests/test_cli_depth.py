@@ -19,7 +19,7 @@ import pruneframe as tp
 from pruneframe.app import model_sources
 from pruneframe.app.cli import main
 
-from contrib_support import contrib_plugin
+from contrib_support import contrib_plugin, save_word_tokenizer
 
 MODEL_FILE = textwrap.dedent("""
     import torch
@@ -134,18 +134,14 @@ def transformers_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[An
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, transformers_plugin: Any) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("checkpoint") / "llama"
     config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
                          num_key_value_heads=2)
     LlamaForCausalLM(config).save_pretrained(directory, max_shard_size="40KB")
-    words = ["[UNK]", *[f"w{i}" for i in range(100)], *"the a of to and in is it that was".split()]
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(directory)
+    save_word_tokenizer(directory)
     return directory
 
 

@@ -15,7 +15,7 @@ import torch
 
 from pruneframe.app.cli import main
 
-from contrib_support import contrib_plugin
+from contrib_support import contrib_plugin, save_word_tokenizer
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
@@ -27,18 +27,14 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("checkpoint") / "llama"
     config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, head_dim=16)
     LlamaForCausalLM(config).save_pretrained(directory, max_shard_size="40KB")
-    words = ["[UNK]", *[f"w{i}" for i in range(100)], *"the a of to and in is it that was".split()]
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(directory)
+    save_word_tokenizer(directory)
     return directory
 
 

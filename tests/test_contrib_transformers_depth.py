@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import tempfile
 import warnings
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -23,29 +22,20 @@ import torch
 
 import pruneframe as tp
 
-from contrib_support import install_offline, installed_in_process
+from contrib_support import contrib_plugin
 
 transformers = pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.slow
 
-CONTRIB = Path(__file__).resolve().parents[1] / "contrib" / "pruneframe-transformers"
 IDS = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(0))
 SMALL = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2)
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return install_offline(CONTRIB, tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site"))
-
-
 @pytest.fixture(scope="module", autouse=True)
-def plugin(installed: Path) -> Iterator[Any]:
-    with installed_in_process(installed, "pruneframe_transformers"):
-        import pruneframe_transformers
-
-        yield pruneframe_transformers
+def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from contrib_plugin(tmp_path_factory, "pruneframe-transformers")
 
 
 def _families() -> dict[str, tuple[Any, Any]]:

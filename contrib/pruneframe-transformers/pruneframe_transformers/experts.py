@@ -252,7 +252,7 @@ def _remove_experts(layer: MoeLayer, idxs: torch.Tensor) -> None:
     kept = keep.nonzero().flatten()
     owned = [(module, name) for module, name, _ in _router_tensors(layer)] + [(layer.experts, n) for n, _ in _expert_tensors(layer)]
     for module, name in owned:  # listed before any changes: the count of experts is read from the router
-        _select(module, name, 0, kept)
+        select_(module, name, 0, kept)
     for module in (layer.block, layer.router, layer.experts):
         _set_counts(module, n, len(kept), "expert")
 
@@ -299,17 +299,6 @@ def _keep_units(layer: MoeLayer, keep: torch.Tensor) -> None:
         if tensor.grad is not None:
             tensor.grad = torch.gather(tensor.grad, dim, index).contiguous()
     _set_counts(layer.experts, old, keep.shape[1], "intermediate")
-
-
-def _select(module: nn.Module, name: str, dim: int, kept: torch.Tensor) -> None:
-    tensor = getattr(module, name)
-    kept = kept.to(tensor.device)
-    if isinstance(tensor, nn.Parameter):
-        tensor.data = tensor.data.index_select(dim, kept).contiguous()
-        if tensor.grad is not None:
-            tensor.grad = tensor.grad.index_select(dim, kept).contiguous()
-    else:
-        module._buffers[name] = tensor.index_select(dim, kept).contiguous()
 
 
 def _set_counts(module: nn.Module, old: int, new: int, word: str) -> None:
