@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 
 
+_CHUNK = 1 << 21  # edges per piece of a propagation round
+
+
 def connected_components(n: int, edges: torch.Tensor) -> torch.Tensor:
     """For ids ``0..n-1`` joined by ``edges`` (a 2 x E long tensor), each id's component root.
 
@@ -21,11 +24,12 @@ def connected_components(n: int, edges: torch.Tensor) -> torch.Tensor:
         return parent
     u, v = edges[0], edges[1]
     while True:
-        pu, pv = parent[u], parent[v]
-        low = torch.minimum(pu, pv)
         new = parent.clone()
-        new.scatter_reduce_(0, pu, low, reduce="amin")
-        new.scatter_reduce_(0, pv, low, reduce="amin")
+        for start in range(0, u.numel(), _CHUNK):  # in pieces: three edge-sized temporaries would double the peak
+            pu, pv = parent[u[start:start + _CHUNK]], parent[v[start:start + _CHUNK]]
+            low = torch.minimum(pu, pv)
+            new.scatter_reduce_(0, pu, low, reduce="amin")
+            new.scatter_reduce_(0, pv, low, reduce="amin")
         while True:  # pointer jumping: every id points at its root
             jumped = new[new]
             if torch.equal(jumped, new):

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import PruningError
 from ..layer_pruner import counts_as, validate_idxs
 from ..registry import Registry, get_registry, warn_missing_family_plugins
-from ..runtime import heap_frozen, runs, single_threaded
+from ..runtime import heap_frozen, return_freed_memory, runs, single_threaded
 from ..wrappers import unwrap
 from .apply import PruneApplier
 from .couplings import ChannelCoupling
@@ -128,6 +128,7 @@ class DependencyGraph:
 
         with heap_frozen():
             self._trace = trace(model, example_inputs, self.registry, self._customized, forward_fn, output_transform, unwrapped)
+            return_freed_memory()  # what the trace freed, before the couplings allocate theirs
             with single_threaded():
                 self._index(model)
         return self
