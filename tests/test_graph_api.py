@@ -344,3 +344,22 @@ def test_load_pruning_history_is_all_or_nothing() -> None:
         dg.load_pruning_history([["features.0", True, [0]]])
     with pytest.raises(TypeError, match="pruning_history"):
         dg.load_pruning_history([42])
+
+
+def test_groups_drawn_one_at_a_time_are_the_groups_get_all_groups_gives() -> None:
+    """MetaPruner draws a step's groups one at a time so it can let go of each (a 70B model's groups are big)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    DG = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 12, 12))
+
+    def described(groups):
+        return [[(dep.target.name, dep.kind, list(idxs)) for dep, idxs in group] for group in groups]
+
+    eager = described(DG.get_all_groups(ignored_layers=[model[7]]))
+    assert len(eager) == 2 and described(DG.groups_one_at_a_time(ignored_layers=[model[7]])) == eager
+    lazy = DG.groups_one_at_a_time(ignored_layers=[model[7]])
+    first = next(lazy)
+    assert described([first]) == eager[:1]
+    DG.get_pruning_group(model[3], tp.prune_conv_out_channels, [0, 1]).prune()  # pruned while iterating
+    [second] = described(lazy)
+    assert second[0] == ("3", "out", list(range(6)))  # drawn after the prune: its current channels, none offered twice

@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import plan
 from ..errors import ModelStopsRunningError, PruningError
+from ..runtime import return_freed_memory
 from .dependency import PruneRecord, function_name
 from .node import Node
 from .transaction import Transaction
@@ -83,6 +84,7 @@ class PruneApplier:
         finally:
             self._deferred = None
         if deferred:
+            return_freed_memory()  # what the block's prunes let go of, before a fix-up rebuilds a model to check a config
             fixed = Transaction([m for m, _ in self.fixups])  # the fix-ups run once for the block, from its final shapes
             try:
                 self._run_fixups(fixed)

@@ -19,24 +19,25 @@ def connected_components(n: int, edges: torch.Tensor) -> torch.Tensor:
     The root of a component is its smallest id, so a component that contains
     id 0 has root 0.
     """
-    parent = torch.arange(n, dtype=torch.long)
     if edges.numel() == 0:
-        return parent
+        return torch.arange(n, dtype=torch.long)
+    # ids as int32 while they fit (half the memory of the id-sized arrays); the roots come back as int64
+    parent = torch.arange(n, dtype=torch.int32 if n < 2**31 else torch.long)
     u, v = edges[0], edges[1]
     while True:
         new = parent.clone()
         for start in range(0, u.numel(), _CHUNK):  # in pieces: three edge-sized temporaries would double the peak
             pu, pv = parent[u[start:start + _CHUNK]], parent[v[start:start + _CHUNK]]
             low = torch.minimum(pu, pv)
-            new.scatter_reduce_(0, pu, low, reduce="amin")
-            new.scatter_reduce_(0, pv, low, reduce="amin")
+            new.scatter_reduce_(0, pu.long(), low, reduce="amin")
+            new.scatter_reduce_(0, pv.long(), low, reduce="amin")
         while True:  # pointer jumping: every id points at its root
             jumped = new[new]
             if torch.equal(jumped, new):
                 break
             new = jumped
         if torch.equal(new, parent):
-            return parent
+            return parent.long()
         parent = new
 
 

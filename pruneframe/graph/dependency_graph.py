@@ -268,6 +268,22 @@ class DependencyGraph:
             groups = list(self._all_groups(trace_, ignored_layers, root_module_types))
         return iter(groups)
 
+    def groups_one_at_a_time(self, ignored_layers: Iterable[Any] = (), root_module_types: Iterable[type] | None = None,
+                             ) -> Iterator[Group]:
+        """``get_all_groups``, each group drawn only when asked for: a caller that lets go of each keeps one in memory.
+
+        A 70B model's hidden-size group alone holds millions of indices. Channels
+        pruned while iterating are not offered again.
+        """
+        trace_ = self._require_trace()
+        drawn = self._all_groups(trace_, list(ignored_layers), root_module_types)
+        while True:
+            with single_threaded():
+                group = next(drawn, None)
+            if group is None:
+                return
+            yield group
+
     def _all_groups(self, trace_: TraceResult, ignored_layers: Iterable[Any], root_module_types: Iterable[type] | None) -> Iterator[Group]:
         coupling = self._coupling
         assert coupling is not None

@@ -283,8 +283,8 @@ class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps):
     def _step_candidates(self) -> list[tuple[Candidate, bool]]:
         """Every group of this step scored, with whether its ratio is the model-wide one (a target may change it)."""
         candidates, unscored, tied_heads = [], [], []
-        groups = self._all_groups()
-        with bar("scoring groups", total=len(groups), enabled=self.progress) as scoring:
+        groups = self._all_groups()  # drawn one at a time, each let go once scored (a 70B model's groups are big)
+        with bar("scoring groups", total=None, enabled=self.progress) as scoring:
             for group in groups:
                 try:
                     found = self._candidate(group)
@@ -344,9 +344,9 @@ class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps):
                 continue
             yield group
 
-    def _all_groups(self) -> list[Group]:
-        groups = self.DG.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=self.root_module_types)
-        return [g for g in groups if g.root.module not in self._query_head_roots]
+    def _all_groups(self) -> Iterator[Group]:
+        groups = self.DG.groups_one_at_a_time(ignored_layers=self.ignored_layers, root_module_types=self.root_module_types)
+        return (g for g in groups if g.root.module not in self._query_head_roots)
 
     def _candidate(self, group: Group) -> tuple[Candidate, bool] | None:
         node, space = group.root, group.root_space

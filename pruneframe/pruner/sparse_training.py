@@ -37,7 +37,7 @@ class RegularizedPruner(MetaPruner):
         self.update_regularizer()
 
     def update_regularizer(self) -> None:
-        self._groups = self._all_groups()
+        self._groups = list(self._all_groups())
 
     def _parts(self, group: Group) -> list[tuple[LayerChannels, Member]]:
         """Each readable member of ``group``: how to read its channels, and the root index of each of them."""
