@@ -76,6 +76,7 @@ class PruneApplier:
             return
         deferred: list[_Applied] = []
         self._deferred = deferred
+        return_freed_memory()  # what scoring the groups let go of, before the prunes allocate theirs
         try:
             yield
         except BaseException:  # the block is all or nothing: what it pruned before the error is undone too

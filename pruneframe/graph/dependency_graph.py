@@ -432,7 +432,7 @@ class DependencyGraph:
             return []
         bases = torch.tensor([s.base for s in spaces], dtype=torch.long)
         ends = bases + torch.tensor([s.size for s in spaces], dtype=torch.long)
-        edges = torch.unique(trace_.edges, dim=1).contiguous()
+        edges = torch.unique(trace_.edges.long(), dim=1).contiguous()
         owner = torch.searchsorted(bases, edges, right=True) - 1  # the space each id would lie in
         owned = (owner >= 0) & (edges < ends[owner.clamp(min=0)])
         keep = owned.all(0) & (owner[0] != owner[1])

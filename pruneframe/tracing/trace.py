@@ -100,17 +100,17 @@ def trace(
             UnsupportedOpWarning,
             stacklevel=3,
         )
-    edges = _joined(recorder.edges)
+    edges = _joined(recorder.edges, torch.int32 if recorder.next_id < 2**31 else torch.long)  # ids fit: half the memory
     return TraceResult(recorder.nodes, recorder.spaces, recorder.next_id, edges, recorder.reasons, recorder.unsupported_ops,
                        "shapes" if recorder.shapes_only else "real", recorder.ties,
                        torch.unique(torch.cat(recorder.code_sized)) if recorder.code_sized else torch.empty(0, dtype=torch.long),
                        recorder.eval_mode)
 
 
-def _joined(pieces: list[torch.Tensor]) -> torch.Tensor:
+def _joined(pieces: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     """The 2 x E edge pieces side by side, each freed once copied: one copy of them at a time, not two (a 70B graph's
     edges are some 250 MB)."""
-    joined = torch.empty(2, sum(p.shape[1] for p in pieces), dtype=torch.long)
+    joined = torch.empty(2, sum(p.shape[1] for p in pieces), dtype=dtype)
     start = 0
     pieces.reverse()
     while pieces:
