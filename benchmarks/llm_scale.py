@@ -138,7 +138,7 @@ def with_transformers_plugin(work: Path) -> None:
     contrib = Path(__file__).resolve().parents[1] / "contrib" / "pruneframe-transformers"
     build = Path(tempfile.mkdtemp()) / contrib.name
     subprocess.run(["cp", "-r", str(contrib), str(build)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--upgrade", "--no-deps", "--no-build-isolation", "--no-index",
                     "--target", str(site), str(build)], check=True)
     ENV["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), ENV.get("PYTHONPATH", "")) if p)
 
@@ -185,7 +185,7 @@ def main() -> None:
         f"Python {platform.python_version()}, torch {__import__('torch').__version__}, transformers "
         f"{__import__('transformers').__version__}; medians of {args.repeats} fresh processes, cases alternating.",
         "",
-        "| case | what | seconds | peak RSS (MB) |",
+        "| case | what | seconds | peak RSS (MiB) |",
         "|---|---|---:|---:|",
     ]
     for case in ("plan 7b", "plan 70b"):
@@ -193,7 +193,7 @@ def main() -> None:
             lines.append(f"| {case} | graph {median(results[case], 'graph_s'):.1f} s + one 20% step (meta device, random scores) "
                          f"| {median(results[case], 'total_s'):.1f} | {median(results[case], 'peak_mb'):.0f} |")
     for case in ("stream", "in memory"):
-        lines.append(f"| {case} | 1.1B LLaMA shape, bf16, {len(shards)} shards ({total:.0f} MB, largest {largest:.0f} MB): "
+        lines.append(f"| {case} | 1.1B LLaMA shape, bf16, {len(shards)} shards ({total:.0f} MiB, largest {largest:.0f} MiB): "
                      f"plan {median(results[case], 'plan_s'):.1f} s, then write | {median(results[case], 'total_s'):.1f} | "
                      f"{median(results[case], 'peak_mb'):.0f} |")
     stream, memory = median(results["stream"], "peak_mb"), median(results["in memory"], "peak_mb")
