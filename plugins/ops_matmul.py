@@ -60,8 +60,9 @@ def _product(ctx, a, b, out):
     slices = ctx.tie_slices([la, lb], out.shape, range(nd - 2))
     # The result's channels: along M from a, along N from b; an operand holding channels only along the
     # batch dimensions (or the contracted one) passes on none of its own, its slices are tied above.
-    keep_a = la if la is not None and _varies(la, -2) else None
-    keep_b = lb if lb is not None and _varies(lb, -1) else None
+    # (along the contracted dimension an operand's channels were tied together above: one of them stands for all)
+    keep_a = la.narrow(-1, 0, 1) if la is not None and _varies(la, -2) else None
+    keep_b = lb.narrow(-2, 0, 1) if lb is not None and _varies(lb, -1) else None
     if keep_a is not None and keep_b is not None:
         ctx.couple(keep_a, keep_b)  # a channel of each at every position: they can only go together
         return torch.where(keep_a >= 0, keep_a, keep_b)
