@@ -332,8 +332,7 @@ class DependencyGraph:
         if mode == "never" or self.model is None:
             return None
         traced = self._require_trace()
-        # auto: check where a traced op took a size from the code, and in any model with an op the trace could not
-        # follow (there a size may be read off one tensor and used on another: VOLO's C // heads)
+        # auto: where a traced op took a size from code, and wherever the trace lost sight (VOLO's C // heads past im2col)
         if mode == "auto" and not traced.unsupported_ops and not self._coupling.sized_by_code(ids):
             return None
         return runs(self.model, inputs, forward_fn, shapes_only=traced.mode == "shapes", eval_mode=traced.eval_mode)
