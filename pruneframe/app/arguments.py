@@ -202,14 +202,10 @@ def _pretrained_problem(args: argparse.Namespace) -> str | None:
             return f"--calibration {args.calibration}: no such readable file"
     if args.calibration_samples < 1 or args.calibration_length < 1:
         return "--calibration-samples and --calibration-length must be positive"
-    source, out = os.path.realpath(args.model[3:]), os.path.realpath(args.save_pretrained)
-    if out == source or out.startswith(source + os.sep):
-        return f"--save-pretrained {args.save_pretrained}: that is the checkpoint being read, or inside it; give a new directory"
-    if os.path.exists(args.save_pretrained) and not args.dry_run:
-        return f"--save-pretrained {args.save_pretrained}: it exists; give a new directory (nothing is overwritten)"
-    if not os.path.isdir(os.path.dirname(out)):
-        return f"--save-pretrained {args.save_pretrained}: the directory {os.path.dirname(out)} does not exist; create it first"
-    return None
+    from ..files import new_directory_problem  # torch-free, like this module
+
+    problem = new_directory_problem(args.save_pretrained, args.model[3:], may_exist=args.dry_run)
+    return f"--save-pretrained {problem}" if problem else None
 
 
 def _counted_removal(args: argparse.Namespace) -> bool:

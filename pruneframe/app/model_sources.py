@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .. import plan
+from ..files import umask
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 MODEL_CODE_CHOICES = ("auto", "saved", "file")
@@ -299,18 +300,12 @@ def save_pruned(model: nn.Module, path: str, spec: str, input_shape: tuple[int, 
     os.close(handle)
     try:
         torch.save(saved, temporary)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; the file gets the mode any new file gets
+        os.chmod(temporary, 0o666 & ~umask())  # mkstemp makes it private; the file gets the mode any new file gets
         os.replace(temporary, path)  # a crash or Ctrl-C midway leaves no half-written file under the real name
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_pruned(path: str, model_code: str = "auto") -> nn.Module:

@@ -125,7 +125,7 @@ def _in_memory(directory: Path, args: argparse.Namespace) -> tuple[Any, ...]:
 
     from ..checkpoint.planning import build_on_meta
     from ..checkpoint.stream import copy_side_files
-    from ..checkpoint.writer import staged_directory
+    from ..files import staged_directory
 
     from transformers import AutoConfig
 

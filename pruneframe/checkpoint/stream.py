@@ -24,8 +24,9 @@ from torch import nn
 from ..errors import PruningError
 from ..plan import get_plan, plan_to_json
 from .onload import LayerLoader
-from .reader import INDEX, NAMES, TensorInfo
-from .writer import ShardWriter, check_output_directory, staged_directory
+from .reader import DTYPES, INDEX, TensorInfo
+from ..files import staged_directory
+from .writer import ShardWriter, check_output_directory
 
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 _WRITTEN = ("config.json", INDEX, "pruning_plan.json")
@@ -55,7 +56,7 @@ def save_pruned(model: nn.Module, loader: LayerLoader, out: str | os.PathLike[st
                     if tensor is None:
                         tensor, rest = _produce(loader, owners, originals[name])
                         pending.update(rest)
-                    writer.write(name, tensor.to(_dtype(info.dtype)))
+                    writer.write(name, tensor.to(DTYPES[info.dtype]))
                     weight_map[name] = shard
                     total += info.nbytes
                     del tensor
@@ -78,10 +79,6 @@ def copy_side_files(source: Path, target: Path) -> None:
     for item in sorted(source.iterdir()):
         if item.is_file() and item.suffix not in _NOT_COPIED and item.name not in _WRITTEN and not (target / item.name).exists():
             shutil.copy2(item, target / item.name)
-
-
-def _dtype(name: str) -> torch.dtype:
-    return {v: k for k, v in NAMES.items()}[name]
 
 
 def _layouts(model: nn.Module, loader: LayerLoader) -> tuple[dict[str, dict[str, TensorInfo]], dict[str, str]]:

@@ -2,22 +2,19 @@
 
 ``ShardWriter`` writes the header first (every shape and dtype is known from
 the planned model before any value is read), then each tensor as it comes, so
-a shard never sits in memory whole. ``staged_directory`` gives a temporary
-directory beside the output, renamed to it at the end; on any error it is
-removed, so an interrupted run leaves no output that looks complete.
+a shard never sits in memory whole. The output directory is written through
+``pruneframe.files.staged_directory`` (renamed at the end, removed on any
+error), so an interrupted run leaves no output that looks complete.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
+from ..files import new_directory_problem
 from .reader import NAMES, CheckpointError, TensorInfo
 
 
@@ -62,36 +59,7 @@ class ShardWriter:
 
 def check_output_directory(out: str | os.PathLike[str], source: str | os.PathLike[str] | None = None) -> Path:
     """The output directory as a path, refused (``CheckpointError``) if it exists, is the source or lies inside it."""
-    out_path = Path(out).absolute()
-    if source is not None:
-        src = Path(source).resolve()
-        if out_path.resolve() == src or src in out_path.resolve().parents:
-            raise CheckpointError(f"the output {out} is the checkpoint being read, or inside it; write to a new directory")
-    if out_path.exists():
-        raise CheckpointError(f"the output {out} exists; give a new directory (nothing is overwritten)")
-    if not out_path.parent.is_dir():
-        raise CheckpointError(f"the output {out} cannot be made: its parent {out_path.parent} is not a directory")
-    if not os.access(out_path.parent, os.W_OK):
-        raise CheckpointError(f"the output {out} cannot be made: {out_path.parent} is not writable")
-    return out_path
-
-
-@contextlib.contextmanager
-def staged_directory(out: Path) -> Iterator[Path]:
-    """A new temporary directory beside ``out``, renamed to ``out`` when the block ends well, removed otherwise."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        yield staging
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700: give it the mode a new directory gets
-        if out.exists():
-            raise CheckpointError(f"the output {out} appeared while it was being written; the result was not moved there")
-        os.rename(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    problem = new_directory_problem(out, source)
+    if problem:
+        raise CheckpointError(f"the output {problem}")
+    return Path(out).absolute()
