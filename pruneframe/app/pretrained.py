@@ -22,13 +22,9 @@ from typing import Any, Callable
 
 import attrs
 
-from .prune_command import CommandError, after_pruning, say_removed, with_flags
+from .prune_command import CommandError, after_pruning, ignored_layers, say, say_summary, step_and_say, with_flags
 
 CALIBRATED = ("activation", "taylor", "hessian")
-
-
-def _say(text: str) -> None:
-    print(text, flush=True)
 
 
 def human(nbytes: int) -> str:
@@ -63,10 +59,10 @@ def run(args: argparse.Namespace, progress: bool) -> int:
         raise CommandError(str(exc)) from exc
     limit = args.max_memory or (available_memory() or 0) // 2
     streaming = checkpoint.total_bytes > limit
-    _say(f"model: {args.model} ({human(checkpoint.total_bytes)} of safetensors in {len(checkpoint.shards)} file(s), "
-         f"the largest {human(checkpoint.largest_shard_bytes)})")
-    _say(f"mode: {'streaming: planned on the meta device, weights read one layer at a time' if streaming else 'in memory'} "
-         f"(--max-memory {human(limit)})")
+    say(f"model: {args.model} ({human(checkpoint.total_bytes)} of safetensors in {len(checkpoint.shards)} file(s), "
+        f"the largest {human(checkpoint.largest_shard_bytes)})")
+    say(f"mode: {'streaming: planned on the meta device, weights read one layer at a time' if streaming else 'in memory'} "
+        f"(--max-memory {human(limit)})")
     if streaming and args.importance in ("taylor", "hessian"):
         raise CommandError(f"--importance {args.importance} needs gradients, which a model planned without its weights does "
                            f"not have, and this checkpoint ({human(checkpoint.total_bytes)}) is larger than --max-memory; use "
@@ -201,40 +197,32 @@ def _prune(target: _Target, args: argparse.Namespace, progress: bool) -> int:
     from .report import layer_sizes
 
     model, inputs, forward, batches = target.model, target.inputs, target.forward, target.batches
-    names = dict(model.named_modules())
-    missing = [n for n in args.ignore if n not in names]
-    if missing:
-        raise CommandError(f"--ignore {', '.join(missing)}: no such layer in {args.model}")
+    ignored = ignored_layers(model, args)
     snapshot = layer_sizes(model)
     before = count_ops_and_params(model, inputs, forward_fn=forward)[:2]
-    _say(f"(MACs are counted for one sequence of {inputs['input_ids'].shape[-1]} tokens)")
+    say(f"(MACs are counted for one sequence of {inputs['input_ids'].shape[-1]} tokens)")
     try:
         pruner = MetaPruner(model, inputs, target.criterion, pruning_ratio=args.ratio, global_pruning=args.global_pruning,
-                            iterative_steps=args.steps, round_to=args.round_to, ignored_layers=[names[n] for n in args.ignore],
+                            iterative_steps=args.steps, round_to=args.round_to, ignored_layers=ignored,
                             forward_fn=forward, progress=progress, remove_layers=args.remove_layers)
     except (TypeError, ValueError) as exc:  # --remove-layers names that are no removable block of this model
         raise CommandError(f"{with_flags(str(exc))}; nothing was written") from exc
+    after = before
     for k in range(args.steps):
-        started = time.perf_counter()
         if batches and (args.importance in CALIBRATED or k == 0):  # a weight criterion reads them once: to rank the layers
             loss = _lm_loss if args.importance in ("taylor", "hessian") else None
             with target.calibrating():
                 pruner.calibrate(batches, forward_fn=forward, loss_fn=loss, progress=progress)
-        pruner.step()
-        macs, params = count_ops_and_params(model, inputs, forward_fn=forward)[:2]
-        _say(f"step {k + 1}/{args.steps}: MACs {macs / 1e9:.4f} G, parameters {params / 1e6:.4f} M "
-             f"({time.perf_counter() - started:.1f} s)")
-        say_removed(pruner, k)
-    _say(f"MACs:       {before[0] / 1e9:.4f} G -> {macs / 1e9:.4f} G ({macs / max(before[0], 1):.1%} of the original)")
-    _say(f"Parameters: {before[1] / 1e6:.4f} M -> {params / 1e6:.4f} M ({params / max(before[1], 1):.1%} of the original)")
+        after = step_and_say(pruner, k, args.steps, lambda: count_ops_and_params(model, inputs, forward_fn=forward)[:2])
+    say_summary(before, after, pruner)
     after_pruning(pruner, snapshot, model, args)
     if args.dry_run:
-        _say(f"dry run: nothing was written (not even --save-pretrained {args.save_pretrained})")
+        say(f"dry run: nothing was written (not even --save-pretrained {args.save_pretrained})")
         return 0
     started = time.perf_counter()
     target.save(progress)
-    _say(f"saved to {args.save_pretrained} ({time.perf_counter() - started:.1f} s); load it with "
-         f"transformers' from_pretrained({args.save_pretrained!r})")
+    say(f"saved to {args.save_pretrained} ({time.perf_counter() - started:.1f} s); load it with "
+        f"transformers' from_pretrained({args.save_pretrained!r})")
     return 0
 
 

@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
+    """A line of the command's figures, on stdout, at once."""
     print(text, flush=True)
 
 
@@ -45,24 +46,24 @@ def _run(args: argparse.Namespace) -> int:
         return pretrained.run(args, progress)
     criterion = _criterion(args.importance)
     built = _build(args)
-    _say(f"model: {args.model}")
+    say(f"model: {args.model}")
     if args.weights is None or built.source.get("kind") == "hf":  # (a Hugging Face directory's own weights: say they are left)
-        _say(f"weights: {built.weights}")
+        say(f"weights: {built.weights}")
     if args.weights is not None:
-        _say(f"weights: {_load_weights(built, args.weights)}")
-    ignored = _ignored_layers(built.model, args)
+        say(f"weights: {_load_weights(built, args.weights)}")
+    ignored = ignored_layers(built.model, args)
     from .report import layer_sizes
 
     snapshot = layer_sizes(built.model)
     before = _count(built)
     pruner = _pruner(built, criterion, ignored, args, progress)
     if pruner.target is not None:
-        _say(f"target: {pruner.target.describe()}")
+        say(f"target: {pruner.target.describe()}")
     after = _steps(pruner, built, args)
-    _summary(before, after, pruner)
+    say_summary(before, after, pruner)
     after_pruning(pruner, snapshot, built.model, args)
     if args.dry_run:
-        _say(f"dry run: nothing was written{f' (not even --out {args.out})' if args.out else ''}")
+        say(f"dry run: nothing was written{f' (not even --out {args.out})' if args.out else ''}")
         return 0
     _save(built, args)
     return 0
@@ -103,7 +104,8 @@ def _load_weights(built: Any, path: str) -> str:
         raise CommandError(str(exc)) from exc
 
 
-def _ignored_layers(model: Any, args: argparse.Namespace) -> list[Any]:
+def ignored_layers(model: Any, args: argparse.Namespace) -> list[Any]:
+    """The modules ``--ignore`` names; an unknown name is a CommandError."""
     names = dict(model.named_modules())
     missing = [n for n in args.ignore if n not in names]
     if missing:
@@ -148,47 +150,54 @@ def with_flags(message: str) -> str:
 
 
 def _steps(pruner: Any, built: Any, args: argparse.Namespace) -> tuple[int, int]:
+    counts = (0, 0)
+    for k in range(args.steps):
+        counts = step_and_say(pruner, k, args.steps, lambda: _count(built))
+    return counts
+
+
+def step_and_say(pruner: Any, k: int, steps: int, count: Any) -> tuple[int, int]:
+    """Step ``k`` of ``steps``: prune, count (``count()`` -> MACs, parameters), print the line; a refused step exits."""
     from ..errors import ModelStopsRunningError
     from ..pruner.targets import TargetError
 
-    counts = (0, 0)
-    for k in range(args.steps):
-        started = time.perf_counter()
-        try:
-            pruner.step()
-        except (TargetError, ModelStopsRunningError) as exc:  # the latter: it cannot run without the removed blocks (undone)
-            raise CommandError(with_flags(str(exc)) + "; nothing was written") from exc
-        counts = _count(built)
-        _say(f"step {k + 1}/{args.steps}: MACs {counts[0] / 1e9:.4f} G, parameters {counts[1] / 1e6:.4f} M "
-             f"({time.perf_counter() - started:.1f} s)")
-        if pruner.target_result is not None:
-            _say(f"  {pruner.target_result}")
-        say_removed(pruner, k)
+    started = time.perf_counter()
+    try:
+        pruner.step()
+    except (TargetError, ModelStopsRunningError) as exc:  # the latter: it cannot run without the removed blocks (undone)
+        raise CommandError(with_flags(str(exc)) + "; nothing was written") from exc
+    counts = count()
+    say(f"step {k + 1}/{steps}: MACs {counts[0] / 1e9:.4f} G, parameters {counts[1] / 1e6:.4f} M "
+        f"({time.perf_counter() - started:.1f} s)")
+    if pruner.target_result is not None:
+        say(f"  {pruner.target_result}")
+    say_removed(pruner, k)
     return counts
 
 
 def say_removed(pruner: Any, step: int) -> None:
     """After the first step: the blocks ``--remove-layers`` removed, by their names before the removal."""
     if step == 0 and pruner.removed_layers:
-        _say(f"  removed {len(pruner.removed_layers)} layer(s): {', '.join(pruner.removed_layers)} (the kept blocks are "
-             "renumbered: the report and the saved model use their new names)")
+        say(f"  removed {len(pruner.removed_layers)} layer(s): {', '.join(pruner.removed_layers)} (the kept blocks are "
+            "renumbered: the report and the saved model use their new names)")
 
 
-def _summary(before: tuple[int, int], after: tuple[int, int], pruner: Any) -> None:
+def say_summary(before: tuple[int, int], after: tuple[int, int], pruner: Any) -> None:
+    """MACs and parameters before -> after, and whether a target was met."""
     (macs0, params0), (macs1, params1) = before, after
-    _say(f"MACs:       {macs0 / 1e9:.4f} G -> {macs1 / 1e9:.4f} G ({macs1 / max(macs0, 1):.1%} of the original)")
-    _say(f"Parameters: {params0 / 1e6:.4f} M -> {params1 / 1e6:.4f} M ({params1 / max(params0, 1):.1%} of the original)")
+    say(f"MACs:       {macs0 / 1e9:.4f} G -> {macs1 / 1e9:.4f} G ({macs1 / max(macs0, 1):.1%} of the original)")
+    say(f"Parameters: {params0 / 1e6:.4f} M -> {params1 / 1e6:.4f} M ({params1 / max(params0, 1):.1%} of the original)")
     result = pruner.target_result
     if result is not None:
         verdict = "met" if result.met else "MISSED (groups were left whole: see the warnings)"
-        _say(f"target {verdict}: {result.target.describe()}")
+        say(f"target {verdict}: {result.target.describe()}")
 
 
 def after_pruning(pruner: Any, snapshot: Any, model: Any, args: argparse.Namespace) -> None:
     """The per-layer report (sizes before -> after, and the layer sides left whole with why), before anything is saved."""
     from .report import print_prune_report
 
-    _say("" if not args.dry_run else "\ndry run: the prune below was made in memory only")
+    say("" if not args.dry_run else "\ndry run: the prune below was made in memory only")
     print_prune_report(snapshot, model, pruner, all_layers=args.all_layers)
     sys.stdout.flush()
 
@@ -197,7 +206,8 @@ def _save(built: Any, args: argparse.Namespace) -> None:
     from .model_sources import save_pruned
 
     save_pruned(built.model, args.out, args.model, args.input_shape, source=built.source)
-    _say(f"saved to {args.out}; load it with pruneframe.load_pruned({args.out!r}) from any directory")
+    say(f"saved to {args.out}; load it with pruneframe.load_pruned({args.out!r}) from any directory")
 
 
-__all__ = ["CommandError", "after_pruning", "run", "say_removed", "with_flags"]
+__all__ = ["CommandError", "after_pruning", "ignored_layers", "run", "say", "say_removed", "say_summary", "step_and_say",
+           "with_flags"]
