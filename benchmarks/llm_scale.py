@@ -31,6 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from model_families import plugin_site  # the same offline install of the contrib plugins
+
 SHAPES = {
     "7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=32),
@@ -128,19 +130,11 @@ print(json.dumps({"plan_s": planned, "total_s": time.perf_counter() - started,
 ENV = dict(os.environ)
 
 
-def with_transformers_plugin(work: Path) -> None:
-    """pip-install contrib/pruneframe-transformers offline into ``work`` (unless importable) for the measured processes."""
-    import importlib.util
-
-    if importlib.util.find_spec("pruneframe_transformers") is not None:
-        return
-    site = work / "site"
-    contrib = Path(__file__).resolve().parents[1] / "contrib" / "pruneframe-transformers"
-    build = Path(tempfile.mkdtemp()) / contrib.name
-    subprocess.run(["cp", "-r", str(contrib), str(build)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--upgrade", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--target", str(site), str(build)], check=True)
-    ENV["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), ENV.get("PYTHONPATH", "")) if p)
+def with_transformers_plugin() -> None:
+    """The contrib plugins, pip-installed offline (unless importable) for the measured processes, as model_families does."""
+    site = plugin_site(Path(tempfile.mkdtemp(prefix="llm_scale-plugins-")))
+    if site is not None:
+        ENV["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), ENV.get("PYTHONPATH", "")) if p)
 
 
 def run(code: str, *args: str) -> dict:
@@ -162,7 +156,7 @@ def main() -> None:
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="llm_scale-"))
-    with_transformers_plugin(work)
+    with_transformers_plugin()
     source = work / "source"
     if not source.exists():
         run(WRITE, json.dumps(SHAPES["1b"]), str(source))

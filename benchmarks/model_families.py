@@ -441,7 +441,7 @@ def worker(jobs: list[list[str]], threads: int) -> None:
 
 
 # --- the parent: install, run the workers with a timeout, write the table ---------------------------------------------
-def _plugin_site(workdir: Path) -> Path | None:
+def plugin_site(workdir: Path) -> Path | None:
     """pip-install (offline) the contrib plugin distributions that are not importable yet into ``workdir``/site."""
     missing = [dist for package, dist in PLUGINS.items() if importlib.util.find_spec(package) is None]
     if not missing:
@@ -704,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     setup: dict[str, Any] = {}
     source = revision()  # before the plugins are copied: the state they are copied from
     with tempfile.TemporaryDirectory(prefix="model-families-") as tmp:
-        site = None if args.without_plugins else _plugin_site(Path(tmp))
+        site = None if args.without_plugins else plugin_site(Path(tmp))
         env = _worker_env(site, args.without_plugins)
         print(HF_HEADER if jobs and jobs[0][0] == "hf" else TIMM_HEADER, flush=True)
         for result in run_jobs(jobs, env, args.timeout, args.threads, Path(tmp)):
