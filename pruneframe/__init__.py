@@ -14,7 +14,7 @@ from typing import Any
 # nothing until something is used; ``import torch`` alone takes over a second.
 _NAMES = {
     "MissingPluginWarning": "errors", "ModelStopsRunningError": "errors", "PluginLoadError": "errors",
-    "PluginLoadWarning": "errors", "PruningError": "errors", "UnsupportedOpWarning": "errors",
+    "PluginLoadWarning": "errors", "PruningError": "errors", "UnloadableError": "errors", "UnsupportedOpWarning": "errors",
     "Dependency": "graph", "DependencyGraph": "graph", "Group": "graph", "GroupItem": "graph", "IndexMapping": "graph",
     "Member": "graph", "Node": "graph", "PruneRecord": "graph",
     "hookimpl": "hookspecs",
@@ -68,6 +68,7 @@ __all__ = [
     "PrunerBox",
     "PruningError",
     "TensorDims",
+    "UnloadableError",
     "UnsupportedOpWarning",
     "function",
     "get_registry",

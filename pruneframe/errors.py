@@ -14,6 +14,14 @@ class ModelStopsRunningError(PruningError):
     """
 
 
+class UnloadableError(PruningError):
+    """A prune was undone because the model's own save format could not state it, and loadable output was asked for.
+
+    A fix-up (e.g. pruneframe-transformers' config sync) said why: BERT's config derives the head width from
+    ``hidden_size / num_attention_heads``, so narrower heads cannot be written and ``from_pretrained`` would fail.
+    """
+
+
 class PluginLoadError(ImportError):
     """A plugin listed under the ``pruneframe.plugins`` entry-point group failed to load."""
 

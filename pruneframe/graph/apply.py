@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import plan
-from ..errors import ModelStopsRunningError, PruningError
+from ..errors import ModelStopsRunningError, PruningError, UnloadableError
 from ..runtime import return_freed_memory
 from .dependency import PruneRecord, function_name
 from .node import Node
@@ -40,6 +40,14 @@ def _stops_running(broken: str) -> ModelStopsRunningError:
     )
 
 
+def _unloadable(reasons: list[str]) -> UnloadableError:
+    return UnloadableError(
+        f"after this prune the model could no longer be saved in its own format ({'; '.join(reasons)}); it was "
+        "undone, the model is as it was. Keep these layers, or prune without keep_loadable and save the pruning "
+        "plan (pruneframe.state_dict) to load it."
+    )
+
+
 class PruneApplier:
     """Applies the groups of one traced model.
 
@@ -59,7 +67,7 @@ class PruneApplier:
         self._deferred: list[_Applied] | None = None
 
     @contextlib.contextmanager
-    def one_run_check(self) -> Iterator[None]:
+    def one_run_check(self, keep_loadable: bool = False) -> Iterator[None]:
         """Prunes made inside are checked by one run of the model at the end instead of one run each.
 
         The fix-ups (sizes stored outside the layers, a config) also run once, at the end, from the final shapes:
@@ -69,7 +77,9 @@ class PruneApplier:
         (modules, graph and plan as before the block) and ``ModelStopsRunningError``
         is raised; prune them one at a time to find which one breaks it. The
         undo keeps each prune's original tensors until the block ends. An error
-        raised inside undoes the block's prunes too.
+        raised inside undoes the block's prunes too. With ``keep_loadable`` the
+        block is undone as well, raising ``UnloadableError``, when a fix-up
+        returns why the model's own format cannot state the result.
         """
         if self._deferred is not None:  # nested: the outer block checks
             yield
@@ -88,20 +98,29 @@ class PruneApplier:
             return_freed_memory()  # what the block's prunes let go of, before a fix-up rebuilds a model to check a config
             fixed = Transaction([m for m, _ in self.fixups])  # the fix-ups run once for the block, from its final shapes
             try:
-                self._run_fixups(fixed)
+                unstatable = self._run_fixups(fixed)
             except BaseException:
                 self._undo(deferred)
                 raise
+            if keep_loadable and unstatable:
+                fixed.restore()
+                self._undo(deferred)
+                raise _unloadable(unstatable)
             broken = self.still_runs(torch.cat([a.ids for a in deferred]))
             if broken is not None:
                 fixed.restore()
                 self._undo(deferred)
                 raise _stops_running(broken)
 
-    def _run_fixups(self, transaction: Transaction) -> None:
+    def _run_fixups(self, transaction: Transaction) -> list[str]:
+        """Run every fix-up; return what they said the model's own format cannot state (see ``pruneframe_fixups``)."""
+        unstatable = []
         for module, entry in self.fixups:
-            transaction.run(f"the fix-up {entry.name!r} of plugin {entry.plugin!r} on {type(module).__name__}",
-                            functools.partial(entry.function, module))
+            said = transaction.run(f"the fix-up {entry.name!r} of plugin {entry.plugin!r} on {type(module).__name__}",
+                                   functools.partial(entry.function, module))
+            if isinstance(said, str) and said:
+                unstatable.append(said)
+        return unstatable
 
     def _undo(self, applied: list[_Applied]) -> None:
         for a in reversed(applied):

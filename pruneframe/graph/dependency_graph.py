@@ -312,15 +312,15 @@ class DependencyGraph:
             visited[coupling.component_members(ids[ok])] = True
             yield group
 
-    def one_run_check(self) -> contextlib.AbstractContextManager[None]:
+    def one_run_check(self, keep_loadable: bool = False) -> contextlib.AbstractContextManager[None]:
         """Inside ``with graph.one_run_check():``, prunes are checked by one run at the end, not one run each.
 
-        If the model no longer runs at the end, every prune made inside is
-        undone and ``ModelStopsRunningError`` raised (see ``verify_prunes``).
+        If the model no longer runs at the end, every prune made inside is undone and ``ModelStopsRunningError`` raised
+        (``verify_prunes``); with ``keep_loadable`` too, as ``UnloadableError``, when its format cannot state them.
         """
         if self._applier is None:
             raise PruningError("the graph is empty: call build_dependency(model, example_inputs) first")
-        return self._applier.one_run_check()
+        return self._applier.one_run_check(keep_loadable)
 
     def check_pruning_group(self, group: Group) -> bool:
         """True when ``group`` can be pruned: nothing blocked, no layer emptied."""

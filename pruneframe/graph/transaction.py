@@ -29,6 +29,7 @@ class Transaction:
                         kept_tensors[id(t)] = t
         self._modules = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
                          for m in kept_modules.values()]
+        self._objects = [(o, dict(vars(o))) for o in _attribute_objects(kept_modules.values())]
         self._tensors = [(t, t.detach(), t.detach()._version, t.grad) for t in kept_tensors.values()]
         # parameters held by several of the modules (tied weights): pruned once, by the first holder, and kept one object
         holders: dict[int, list[tuple[nn.Module, str]]] = {}
@@ -50,6 +51,10 @@ class Transaction:
             for container, saved in ((m._parameters, params), (m._buffers, buffers), (m._modules, children)):
                 container.clear()
                 container.update(saved)
+        for o, attributes in self._objects:
+            if vars(o) != attributes:
+                vars(o).clear()
+                vars(o).update(attributes)
         for t, data, _, grad in self._tensors:
             t.data = data
             t.grad = grad
@@ -58,8 +63,9 @@ class Transaction:
         """The original tensors someone wrote into (their version counter moved)."""
         return [f"a tensor of shape {tuple(data.shape)}" for _, data, version, _ in self._tensors if data._version != version]
 
-    def run(self, what: str, step: Callable[[], Any], module: nn.Module | None = None) -> None:
-        """Run one step; if it raises or writes into an original tensor, restore everything and raise a PruningError naming ``what``.
+    def run(self, what: str, step: Callable[[], Any], module: nn.Module | None = None) -> Any:
+        """Run one step and return what it returned; if it raises or writes into an original tensor, restore everything and raise
+        a PruningError naming ``what``.
 
         ``module`` is the layer the step prunes: a parameter it shares with a
         layer pruned before in this transaction is handed to it as a stand-in
@@ -68,7 +74,7 @@ class Transaction:
         """
         stand_ins = self._stand_ins(module) if module is not None and self._shared else []
         try:
-            step()
+            result = step()
         except Exception as exc:  # any failure of a plugin's code: undo, and name the step and plugin
             self.restore()
             raise PruningError(
@@ -87,6 +93,7 @@ class Transaction:
             if problem:
                 self.restore()
                 raise PruningError(f"{what}: {problem}. Every touched module was restored; the model is as it was.")
+        return result
 
     def _stand_ins(self, module: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter]]:
         """Give ``module`` stand-ins, holding the original values, for the shared parameters already pruned."""
@@ -130,3 +137,21 @@ class Transaction:
         """Restore everything and raise ``error``."""
         self.restore()
         raise error
+
+
+def _is_plain_object(value: Any) -> bool:
+    """An object with attributes of its own that a fix-up may set (a config), not a layer, tensor, class or function."""
+    return (hasattr(value, "__dict__") and not isinstance(value, (nn.Module, torch.Tensor, type)) and not callable(value)
+            and type(value).__module__ != "builtins")
+
+
+def _attribute_objects(modules: Iterable[nn.Module]) -> list[Any]:
+    """The plain objects the modules hold (a Hugging Face config) and those they hold in turn (its nested configs)."""
+    found: dict[int, Any] = {}
+    todo = [v for m in modules for v in vars(m).values() if _is_plain_object(v)]
+    while todo:
+        obj = todo.pop()
+        if id(obj) not in found:
+            found[id(obj)] = obj
+            todo += [v for v in vars(obj).values() if _is_plain_object(v)]
+    return list(found.values())

@@ -149,7 +149,7 @@ def parameter_pairs(unwrapped: Any) -> list[tuple[nn.Parameter, int]] | None:
 
 def check_arguments(pruning_ratio: Any, max_pruning_ratio: Any, head_pruning_ratio: Any, iterative_steps: Any, round_to: Any,
                     importance: Any, target_macs: Any, target_params: Any, ratio_is_default: bool,
-                    prune_query_heads: Any = False) -> None:
+                    prune_query_heads: Any = False, keep_loadable: Any = True) -> None:
     """The arguments that can be checked alone, each named with its value when it is wrong."""
     check_ratio("pruning_ratio", pruning_ratio)
     check_ratio("max_pruning_ratio", max_pruning_ratio, allow_one=True)
@@ -163,8 +163,9 @@ def check_arguments(pruning_ratio: Any, max_pruning_ratio: Any, head_pruning_rat
     if (target_macs is not None or target_params is not None) and not ratio_is_default:
         raise ValueError(f"pruning_ratio={pruning_ratio!r} and a target (target_macs / target_params) were both given: "
                          "the target decides the ratio; pass one of them")
-    if not isinstance(prune_query_heads, bool):
-        raise TypeError(f"prune_query_heads={prune_query_heads!r}: it must be True or False")
+    for name, flag in (("prune_query_heads", prune_query_heads), ("keep_loadable", keep_loadable)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}={flag!r}: it must be True or False")
     if prune_query_heads and (target_macs is not None or target_params is not None):
         raise ValueError("prune_query_heads=True with a target (target_macs / target_params): query heads are removed by "
                          "pruning_ratio (and pruning_ratio_dict), not searched for a target; pass pruning_ratio instead")

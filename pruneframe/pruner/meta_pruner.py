@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..errors import ModelStopsRunningError, PruningError
+from ..errors import ModelStopsRunningError, PruningError, UnloadableError
 from ..graph import DependencyGraph, Group
 from ..importance import NothingToReadError, UnscorableGroupError
 from ..progress import bar
@@ -37,6 +37,7 @@ from .selection import Candidate, Limits, choose_ranked, join_blocks, select
 from .depth_steps import DepthSteps
 from .query_heads import QueryHeadSteps
 from .target_steps import TargetSteps
+from .undone_groups import UndoneGroupSteps
 
 
 DEFAULT_ROOTS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.rnn.RNNBase)
@@ -56,7 +57,7 @@ class _HeadsTiedError(Exception):
     """Whole heads were asked for, but the traced ties join every head of the group into one block."""
 
 
-class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps):
+class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps, UndoneGroupSteps):
     """Prune ``model`` with ``importance`` to ``pruning_ratio`` of its channels, in ``iterative_steps`` steps.
 
     Arguments follow Torch-Pruning's ``MetaPruner`` (``BasePruner``); see the module docstring for how
@@ -71,6 +72,8 @@ class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps):
     group, instead of whole groups (see ``pruneframe.pruner.query_heads``). ``remove_layers=n`` (ranked by
     ``calibrate(batches)``) or ``=[block names]`` removes whole blocks first (see ``pruneframe.pruner.depth_steps``).
     ``expert_pruning_ratio=r``: every mixture-of-experts router (pruner ``acts_like`` ``ExpertRouter``) is a root, losing r of its experts.
+    ``keep_loadable`` (default): a group whose prune the model's own format cannot state (a fix-up says so) stays whole,
+    with a warning; False prunes it anyway (see ``pruneframe.pruner.undone_groups``).
     """
 
     def __init__(
@@ -109,10 +112,11 @@ class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps):
         prune_query_heads: bool = False,
         remove_layers: int | Sequence[str] | None = None,
         expert_pruning_ratio: float = 0.0,
+        keep_loadable: bool = True,
     ):
         pruning_ratio, pruning_ratio_dict = renamed_arguments(pruning_ratio, pruning_ratio_dict, ch_sparsity, ch_sparsity_dict)
         check_arguments(pruning_ratio, max_pruning_ratio, head_pruning_ratio, iterative_steps, round_to, importance,
-                        target_macs, target_params, isinstance(pruning_ratio, _DefaultRatio), prune_query_heads)
+                        target_macs, target_params, isinstance(pruning_ratio, _DefaultRatio), prune_query_heads, keep_loadable)
 
         model = unwrap(model, pruning=True)  # torch.compile / DataParallel: prune the module they hold
         check_layers_of(model, ignored_layers, pruning_ratio_dict, num_heads)
@@ -134,6 +138,7 @@ class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps):
         self.prune_num_heads = prune_num_heads
         self.prune_head_dims = prune_head_dims
         self.prune_query_heads = prune_query_heads
+        self.keep_loadable = keep_loadable
         self._query_heads_original: dict[nn.Module, int] = {}  # query heads per key/value group before any step
         self._query_head_roots: set[nn.Module] = set()  # this step's roots pruned by query heads, not by whole groups
         self._earlier_history: list = []  # what graphs replaced after query-head prunes recorded
@@ -186,13 +191,13 @@ class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps):
         self._prune_query_heads()
         chosen = self._plan_step()
         try:
-            with heap_frozen(), self.DG.one_run_check():  # one run of the model checks the whole step
+            with heap_frozen(), self.DG.one_run_check(self.keep_loadable):  # one run of the model checks the whole step
                 with bar("pruning groups", total=len(chosen), enabled=self.progress) as pruning:
                     for group in self._groups_of(chosen):
                         group.prune()
                         pruning.update()
-        except ModelStopsRunningError:  # some group breaks a size the model's code keeps: find it, leave it whole
-            self._prune_one_by_one(chosen)
+        except (ModelStopsRunningError, UnloadableError):  # some group breaks the model or its format: leave it whole
+            self._prune_one_by_one(self._groups_of(chosen))
         self._update_num_heads()
         if self.target is not None:
             self._check_target_reached()
@@ -223,25 +228,6 @@ class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps):
             if module in self._head_dims and node is not None and node.out_space is not None:
                 self.num_heads[module] = node.out_space.current_size // self._head_dims[module]
         self._whole_heads.clear()
-
-    def _prune_one_by_one(self, chosen: list[_Chosen]) -> None:
-        """The step again, each group checked on its own; a group after which the model no longer runs stays whole."""
-        left_whole = []
-        for group in self._groups_of(chosen):
-            try:
-                group.prune()
-            except ModelStopsRunningError as exc:
-                names = [dep.target.name for dep, _ in group]
-                shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-                detail = str(exc).split('(', 1)[-1].split('); it was undone')[0]
-                left_whole.append(f"{shown} ({detail})")
-                self.left_whole.append((group, f"a size the model's code keeps: after pruning it the model no longer runs ({detail})"))
-        if left_whole:
-            warnings.warn(
-                f"{len(left_whole)} group(s) left whole: after pruning them the model no longer runs on the example inputs, "
-                "its code keeps a size they change: " + "; ".join(left_whole) + ". The rest of the step was pruned; "
-                "keep these layers out (ignored_layers) to silence this, or make the code read the size from the tensor",
-                stacklevel=3)
 
     def estimate_importance(self, group: Group) -> torch.Tensor:
         return self.importance(group)

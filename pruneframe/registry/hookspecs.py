@@ -79,7 +79,7 @@ class RegisterModuleHint(Protocol):
 
 
 class RegisterFixup(Protocol):
-    def __call__(self, module_types: Iterable[type], fixup: Callable[[Any], None], *, name: str,
+    def __call__(self, module_types: Iterable[type], fixup: Callable[[Any], str | None], *, name: str,
                  find: Callable[[Any], Iterable[Any]] | None = None) -> None: ...
 
 
@@ -107,6 +107,13 @@ def pruneframe_fixups(register: RegisterFixup) -> None:
     name=...)``: after every group a graph prunes, ``fixup(module)`` runs for
     each module of those types in its model, inside the prune's transaction (if
     it raises, the prune is undone).
+
+    A fix-up returns None, or a string saying why the module's own save format
+    cannot state the pruned sizes even if every layer were pruned alike (a
+    config that derives the head width from the hidden size). Prunes made with
+    ``keep_loadable`` (``MetaPruner``'s default) are then undone and their
+    groups left whole; otherwise the string is ignored. Sizes that differ only
+    layer by layer are not such a reason.
     """
 
 
