@@ -327,28 +327,23 @@ class FailingFixup:
         register([LlamaMLP], fail_when_pruned, name="fail-when-pruned")
 
 
-def test_a_stale_config_after_an_undone_prune_is_reported_and_repaired(plugin: Any) -> None:
-    """A prune undone after the config fix-up ran: the rollback restores the modules, not the config object they
-    share, so the config is stale; exporting says so, and sync_config brings it back from the weights."""
+def test_an_undone_prune_restores_the_config_too(plugin: Any) -> None:
+    """A prune undone after the config fix-up ran: the rollback puts back the config object the modules share as well."""
     model = LlamaForCausalLM(llama_config(layers=1)).eval()  # one layer: a single prune is uniform, so the config is written
+    before = model.config.to_dict()
     graph = tp.DependencyGraph(registry=build_registry(extra_plugins=[("failing", FailingFixup)]))
     graph.build_dependency(model, TEXT, forward_fn=logits)
     with pytest.raises(tp.PruningError) as refused:
         graph.get_pruning_group(model.model.layers[0].mlp.gate_proj, tp.prune_linear_out_channels, list(range(64))).prune()
-    stale = {"refused": str(refused.value), "width": model.model.layers[0].mlp.gate_proj.out_features,
-             "config": model.config.intermediate_size}
+    undone = {"refused": str(refused.value), "width": model.model.layers[0].mlp.gate_proj.out_features,
+              "config": model.config.to_dict()}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.state_dict()
-    stale["warnings"] = mismatch_warnings(caught)
-    status = plugin.sync_config(model)
-    stale.update(synced=status.describes_model, changed=status.changed, after=model.config.intermediate_size,
-                 check=plugin.check_config(model))
-    assert "a later fix-up fails" in stale["refused"]
-    assert (stale["width"], stale["config"]) == (128, 64)  # weights restored, the shared config object not (core rollback)
-    [message] = stale["warnings"]
-    assert "mlp.gate_proj.weight of shape (64, 64) where the model has (128, 64)" in message and "sync_config" in message
-    assert stale["synced"] and stale["changed"] == {"intermediate_size": 128} and stale["after"] == 128 and stale["check"] == []
+    undone.update(warnings=mismatch_warnings(caught), check=plugin.check_config(model))
+    assert "a later fix-up fails" in undone["refused"]
+    assert undone["width"] == 128 and undone["config"] == before  # intermediate_size back at 128, no marker
+    assert undone["warnings"] == [] and undone["check"] == []
 
 
 def test_qwen2_grouped_query_attention(plugin: Any) -> None:
@@ -397,6 +392,46 @@ def test_bert_mlp_prune_round_trips() -> None:
            "round_trip": round_trip(model, TEXT, AutoModelForSequenceClassification)}
     assert mlp["warnings"] == [] and mlp["widths"] == [64, 64] and mlp["config"]["intermediate_size"] == 64
     assert mlp["round_trip"] == {"same": True, "warnings": [], "reloaded": mlp["config"]}
+
+
+def loadable_prune(model, inputs, **kwargs):
+    """MetaPruner's defaults (keep_loadable): the warnings that named groups left whole for the config's sake."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner = tp.pruner.MetaPruner(model, inputs, importance=tp.importance.MagnitudeImportance(p=2), forward_fn=logits,
+                                      **kwargs)
+        pruner.step()
+    return [str(w.message) for w in caught if "stays loadable" in str(w.message)], pruner
+
+
+def test_bert_by_default_keeps_what_its_config_cannot_state_and_round_trips() -> None:
+    """BertConfig ties the attention's width to hidden_size: MetaPruner leaves q/k/v whole, prunes the MLP, and it loads."""
+    model = BertForSequenceClassification(bert_config()).eval()
+    embeddings = model.bert.embeddings.word_embeddings
+    said, pruner = loadable_prune(model, TEXT, pruning_ratio=0.3, ignored_layers=[embeddings, model.classifier])
+    attention = model.bert.encoder.layer[0].attention.self
+    found = {"query": [layer.attention.self.query.out_features for layer in model.bert.encoder.layer],
+             "mlp": [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer],
+             "heads": attention.num_attention_heads, "config": fields(model.config), "marker": marker(model.config),
+             "round_trip": round_trip(model, TEXT, AutoModelForSequenceClassification)}
+    assert found["query"] == [64, 64] and found["heads"] == 4 and found["mlp"] == [90, 90]
+    assert found["config"]["intermediate_size"] == 90 and found["marker"] is None
+    assert found["round_trip"]["same"] and found["round_trip"]["warnings"] == []
+    [message] = said
+    assert "3 group(s) left whole" in message and "bert.encoder.layer.0.attention.self.query" in message
+    assert "bert.pooler.dense" in message  # pooler -> classifier: its width is hidden_size too
+    assert "BertConfig cannot describe these sizes" in message and "keep_loadable=False" in message
+    assert len(pruner.left_whole) == 3 and all("could not state it" in why for _, why in pruner.left_whole)
+
+
+def test_gpt2_by_default_prunes_its_mlp_only_and_round_trips() -> None:
+    model = GPT2LMHeadModel(gpt2_config()).eval()
+    said, _ = loadable_prune(model, TEXT, pruning_ratio=0.5, ignored_layers=[model.transformer.wte])
+    found = {"c_attn": [b.attn.c_attn.nf for b in model.transformer.h], "c_fc": [b.mlp.c_fc.nf for b in model.transformer.h],
+             "wte": model.transformer.wte.weight.shape[1], "round_trip": round_trip(model, TEXT, AutoModelForCausalLM)}
+    assert found["c_attn"] == [192, 192] and found["c_fc"] == [128, 128] and found["wte"] == 64
+    assert found["round_trip"]["same"] and found["round_trip"]["warnings"] == []
+    assert len(said) == 1 and "GPT2Config cannot describe these sizes" in said[0]
 
 
 def ignore_vit(model: Any) -> list[Any]:
@@ -472,8 +507,8 @@ def test_gpt2_mlp_prune_round_trips() -> None:
 
 
 def test_meta_pruner_defaults_take_gpt2_conv1d_as_linear() -> None:
-    model = GPT2LMHeadModel(gpt2_config()).eval()  # the defaults: every Conv1D is a root, heads and MLP halve
-    meta_prune(model, TEXT, pruning_ratio=0.5, ignored_layers=[model.transformer.wte])
+    model = GPT2LMHeadModel(gpt2_config()).eval()  # every Conv1D is a root, heads and MLP halve (the config cannot say it)
+    meta_prune(model, TEXT, pruning_ratio=0.5, ignored_layers=[model.transformer.wte], keep_loadable=False)
     with torch.no_grad():
         shape = list(model(**TEXT).logits.shape)
     meta = {"shape": shape, "heads": [b.attn.num_heads for b in model.transformer.h],
@@ -491,7 +526,7 @@ def test_gpt2_with_tied_embeddings_prunes_with_nothing_ignored_and_stays_tied() 
     """GPT-2's default: lm_head.weight is wte.weight. The hidden size prunes once, for both, and the tie holds."""
     model = GPT2LMHeadModel(gpt2_config()).eval()
     assert model.lm_head.weight is model.transformer.wte.weight
-    meta_prune(model, TEXT, pruning_ratio=0.3)
+    meta_prune(model, TEXT, pruning_ratio=0.3, keep_loadable=False)  # GPT2Config cannot state a narrower n_embd alone
     assert model.lm_head.weight is model.transformer.wte.weight
     assert model.transformer.wte.weight.shape[1] < 64 and model.lm_head.in_features == model.transformer.wte.weight.shape[1]
     with torch.no_grad():
@@ -638,7 +673,8 @@ def test_config_inference_refuses_fewer_heads_a_config_derives_the_width_of(plug
         vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=64, bos_token_id=0, eos_token_id=0)).eval()
     model = build()
-    meta_prune(model, TEXT, pruning_ratio=0.3, ignored_layers=[model.get_input_embeddings(), model.get_output_embeddings()])
+    meta_prune(model, TEXT, pruning_ratio=0.3, ignored_layers=[model.get_input_embeddings(), model.get_output_embeddings()],
+               keep_loadable=False)
     attention = model.gpt_neox.layers[0].attention
     load = refused_load(model, AutoModelForCausalLM)
     same, _ = plan_round_trip(model, TEXT, build)

@@ -73,6 +73,7 @@ class ConfigStatus:
     changed: dict[str, Any]
     sizes: dict[str, list[tuple[str, int]]]
     reason: str | None
+    unstatable: bool = False  # no config states these sizes, however the other layers are pruned
 
 
 @attrs.frozen
@@ -139,8 +140,8 @@ def sync_config(model: nn.Module) -> ConfigStatus:
         listed = "; ".join(f"{field} is {[v for _, v in pairs]}" for field, pairs in result.sizes.items())
         differ = f"the layers differ ({listed}, layer by layer)" if listed else "the layers differ"
         return _unexpressed(config, result.sizes, f"{differ} and {name} holds one value per field")
-    if isinstance(result, Inexpressible):
-        return _unexpressed(config, {}, f"{name} cannot describe these sizes: {result.why}")
+    if isinstance(result, Inexpressible):  # changed dimensions no values of the fields give: a prune the config cannot state
+        return attrs.evolve(_unexpressed(config, {}, f"{name} cannot describe these sizes: {result.why}"), unstatable=True)
     best = _best_proposal(model, config, found, result, depth)
     if isinstance(best, str):
         return _unexpressed(config, _per_block(found, table, result[0]), best)

@@ -44,11 +44,13 @@ def _families() -> tuple[Any, ...]:
     return families() if PreTrainedModel is not None else ()
 
 
-def _sync_config(model: nn.Module) -> None:
+def _sync_config(model: nn.Module) -> str | None:
+    """The config fix-up; returns why the config cannot state the prune however the layers are pruned (see ``pruneframe_fixups``)."""
     if enclosing_model(model) is not None:  # the enclosing model's fix-up, run just before, covered this one
-        return
-    sync_config(model)
+        return None
+    status = sync_config(model)
     install_export_check(model)
+    return status.reason if status.unstatable else None
 
 
 def _guarded(family: Any) -> Any:
