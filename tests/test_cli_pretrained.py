@@ -7,6 +7,7 @@ for this module as in tests/test_contrib_transformers.py.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -91,6 +92,7 @@ def test_activation_importance_reads_a_calibration_file(checkpoint: Path, tmp_pa
     (["--calibration", "{calibration}"], "--calibration is read by --importance activation, taylor or hessian"),
     (["--calibration", "{missing}", "--importance", "activation"], "no such readable file"),
     (["--out", "{out}.pth"], "leave out --out, --weights and --target-*"),
+    (["--no-keep-loadable"], "--no-keep-loadable with --save-pretrained: the saved config could not state what it adds"),
 ])
 def test_bad_arguments_are_refused_and_nothing_is_written(checkpoint: Path, tmp_path: Path, capsys: Any, extra: list[str],
                                                          message: str) -> None:
@@ -123,3 +125,23 @@ def test_a_missing_shard_is_named_before_anything_runs(checkpoint: Path, tmp_pat
     err = capsys.readouterr().err
     assert "names shard files that are not in" in err and "model-00003-of-00012.safetensors" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bert_checkpoint_prunes_to_a_directory_from_pretrained_loads(tmp_path: Path, capsys: Any) -> None:
+    """BertConfig cannot state narrower attention: the command keeps it whole, prunes the MLP, and the output loads."""
+    from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    source = tmp_path / "bert"
+    BertForMaskedLM(BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=128, max_position_embeddings=32)).save_pretrained(source)
+    save_word_tokenizer(source)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["prune", f"hf:{source}", "--ratio", "0.5", "--save-pretrained", str(tmp_path / "out")]) == 0
+    report = capsys.readouterr().out
+    pruned = AutoModelForMaskedLM.from_pretrained(tmp_path / "out").eval()
+    layer = pruned.bert.encoder.layer[0]
+    assert layer.attention.self.query.out_features == 64 and layer.intermediate.dense.out_features == 64
+    [said] = [str(w.message) for w in caught if "stays loadable" in str(w.message)]
+    assert "BertConfig cannot describe" in said and "the model's own format could not state it" in report

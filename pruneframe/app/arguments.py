@@ -114,6 +114,10 @@ def build_parser(version: str) -> argparse.ArgumentParser:
     p.add_argument("--calibration-samples", type=int, default=128, metavar="N", help="use the first N samples (default 128)")
     p.add_argument("--calibration-length", type=int, default=128, metavar="TOKENS",
                    help="truncate each sample to this many tokens (default 128)")
+    p.add_argument("--keep-loadable", action=argparse.BooleanOptionalAction, default=True,
+                   help="leave whole the groups the model's own format cannot state (a Hugging Face config: BERT's or "
+                        "GPT-2's attention width), so from_pretrained still loads the result (default: on; --out files "
+                        "load with pruneframe.load_pruned either way)")
     p.add_argument("--dry-run", action="store_true",
                    help="build, plan and report what would be removed and the MACs/parameters after; write nothing")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -192,6 +196,9 @@ def _pretrained_problem(args: argparse.Namespace) -> str | None:
                 "use --out FILE for other models")
     if args.out is not None or args.weights is not None or args.target_macs is not None or args.target_params is not None:
         return "--save-pretrained takes the directory's own weights and a --ratio; leave out --out, --weights and --target-*"
+    if not args.keep_loadable:
+        return ("--no-keep-loadable with --save-pretrained: the saved config could not state what it adds, and "
+                "from_pretrained would refuse the directory; save with --out FILE instead (pruneframe.load_pruned loads it)")
     if args.calibration is None and args.importance in ("activation", "taylor", "hessian"):
         return f"--importance {args.importance} needs data: pass --calibration FILE (one text sample a line)"
     if args.calibration is not None:

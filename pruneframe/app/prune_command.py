@@ -135,7 +135,8 @@ def _pruner(built: Any, criterion: Any, ignored: list[Any], args: argparse.Names
     try:
         return MetaPruner(built.model, built.inputs, criterion, global_pruning=args.global_pruning,
                           iterative_steps=args.steps, round_to=args.round_to, ignored_layers=ignored,
-                          forward_fn=built.forward_fn, progress=progress, remove_layers=args.remove_layers, **how_much)
+                          forward_fn=built.forward_fn, progress=progress, remove_layers=args.remove_layers,
+                          keep_loadable=args.keep_loadable, **how_much)
     except ValueError as exc:  # includes pruner.targets.TargetError: a target above the model's counts
         raise CommandError(with_flags(str(exc))) from exc
 
