@@ -804,7 +804,7 @@ def test_a_stored_scale_the_rebuild_would_change_rejects_the_config(plugin: Any)
     """Gemma scales its embeddings by sqrt(hidden_size), a float it stores: the pruned model still multiplies by sqrt(64),
     a config with hidden_size 48 would build sqrt(48), so the config is marked instead of written."""
     model = AutoModelForCausalLM.from_config(tiny_config("Gemma")).eval()
-    meta_prune(model, TEXT, pruning_ratio=0.25)
+    meta_prune(model, TEXT, pruning_ratio=0.25, keep_loadable=False)
     load = refused_load(model, AutoModelForCausalLM)
     reason = marker(model.config)["reason"]
     assert model.get_input_embeddings().embedding_dim == 48 and model.config.hidden_size == 64
@@ -812,3 +812,7 @@ def test_a_stored_scale_the_rebuild_would_change_rejects_the_config(plugin: Any)
                              "model.embed_tokens.scalar_embed_scale = 6.928")
     assert reason.endswith("where the model has 8.0")
     assert len(load["warnings"]) == 1 and "mismatch" in load["error"]
+    model = AutoModelForCausalLM.from_config(tiny_config("Gemma")).eval()  # the default keeps what the config can state
+    said, _ = loadable_prune(model, TEXT, pruning_ratio=0.25)
+    assert model.get_input_embeddings().embedding_dim == 64 and model.config.intermediate_size == 96
+    assert round_trip(model, TEXT, AutoModelForCausalLM)["same"] and "scalar_embed_scale" in said[0]

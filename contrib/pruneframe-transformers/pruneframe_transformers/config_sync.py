@@ -143,8 +143,8 @@ def sync_config(model: nn.Module) -> ConfigStatus:
     if isinstance(result, Inexpressible):  # changed dimensions no values of the fields give: a prune the config cannot state
         return attrs.evolve(_unexpressed(config, {}, f"{name} cannot describe these sizes: {result.why}"), unstatable=True)
     best = _best_proposal(model, config, found, result, depth)
-    if isinstance(best, str):
-        return _unexpressed(config, _per_block(found, table, result[0]), best)
+    if isinstance(best, str):  # the layers agree, yet no proposal rebuilds them: no config states this prune either
+        return attrs.evolve(_unexpressed(config, _per_block(found, table, result[0]), best), unstatable=True)
     attempt, verdict, values = best
     modules = dict(model.named_modules())
     for module_name, key, value in verdict.stale:
