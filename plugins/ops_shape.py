@@ -6,8 +6,12 @@ channel lands is computed from the real shapes, not guessed. On top of that:
 - a reshape that splits one dimension into several lets only one of them
   change size: the one given as -1, else the innermost. Channels along the
   others go together (channel shuffle's groups, a head's width);
-- slicing, selecting or indexing a dimension that holds channels uses fixed
+- selecting or indexing a dimension that holds channels uses fixed
   positions, so channels along it cannot be pruned independently;
+- slicing one (``x[:, a:b]``) keeps its channels prunable when the trace can
+  record it: the run check after a prune then demands the bounds the
+  surviving channels give, so a literal bound undoes the prune (otherwise,
+  a step other than 1 or a label varying along several dims, it pins them);
 - ``chunk`` (``split`` into equal pieces of a size) keeps the pieces equal:
   position j goes from every piece at once; ``split`` with a list of sizes and
   ``unbind`` fix the sizes, so channels along that dimension stay.
@@ -96,12 +100,13 @@ def _pin(ctx, source, dim: int) -> None:
 
 def slicing(ctx, op, args, kwargs, out) -> None:
     replay(ctx, op, args, kwargs, out)
-    x, dim = args[0], (args[1] if len(args) > 1 else 0)
+    x = args[0]
+    dim = (args[1] if len(args) > 1 else 0) % max(x.dim(), 1)
     start = args[2] if len(args) > 2 else None
     end = args[3] if len(args) > 3 else None
     step = args[4] if len(args) > 4 else 1
     whole = (start in (None, 0)) and (end is None or end >= x.shape[dim]) and step == 1
-    if not whole:
+    if not whole and (step != 1 or not ctx.slice_follows_prunes(x, dim, start, end)):
         _pin(ctx, x, dim)
 
 

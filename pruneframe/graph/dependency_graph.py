@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import PruningError
 from ..layer_pruner import counts_as, validate_idxs
 from ..registry import Registry, get_registry, warn_missing_family_plugins
-from ..runtime import heap_frozen, return_freed_memory, runs, single_threaded
+from ..runtime import heap_frozen, return_freed_memory, single_threaded
 from ..wrappers import unwrap
 from .apply import PruneApplier
 from .couplings import ChannelCoupling
@@ -27,6 +27,7 @@ from .group import Group
 from .hints import ModuleHints
 from .node import Node, Space
 from .records import ChannelTie, KeptWhole
+from .slice_bounds import check_run
 
 if TYPE_CHECKING:
     from ..tracing import TraceResult
@@ -127,7 +128,8 @@ class DependencyGraph:
         from ..tracing import trace  # the tracer builds on graph nodes: imported when first used, not with the package
 
         with heap_frozen():
-            self._trace = trace(model, example_inputs, self.registry, self._customized, forward_fn, output_transform, unwrapped)
+            self._trace = trace(model, example_inputs, self.registry, self._customized, forward_fn, output_transform, unwrapped,
+                                check_slices=self._example[2] != "never")  # slices are checked by the runs after prunes
             return_freed_memory()  # what the trace freed, before the couplings allocate theirs
             with single_threaded():
                 self._index(model)
@@ -296,10 +298,7 @@ class DependencyGraph:
         for node in list(self.module2node.values()):
             if node.kind != "layer" or id(node.module) in ignored or node.out_space is None:
                 continue
-            if types is not None:
-                if not counts_as(node.module, node.pruner, types):
-                    continue
-            elif node.in_out_coupled:
+            if (not counts_as(node.module, node.pruner, types)) if types is not None else node.in_out_coupled:
                 continue
             space = node.out_space
             alive, free = coupling.prunable(space)
@@ -327,7 +326,7 @@ class DependencyGraph:
         return not group.problems()
 
     def _still_runs(self, ids: torch.Tensor) -> str | None:
-        """None if the model still runs on the example inputs (or needs no check after pruning ``ids``), else why not."""
+        """None if the model still runs on the example inputs, slicing as pruning ``ids`` implies (or no check is due), else why."""
         inputs, forward_fn, mode = self._example
         if mode == "never" or self.model is None:
             return None
@@ -335,7 +334,7 @@ class DependencyGraph:
         # auto: where a traced op took a size from code, and wherever the trace lost sight (VOLO's C // heads past im2col)
         if mode == "auto" and not traced.unsupported_ops and not self._coupling.sized_by_code(ids):
             return None
-        return runs(self.model, inputs, forward_fn, shapes_only=traced.mode == "shapes", eval_mode=traced.eval_mode)
+        return check_run(self.model, inputs, forward_fn, traced, ids)
 
     # --- history ------------------------------------------------------------------------
     def pruning_history(self) -> list[list[PruneRecord]]:

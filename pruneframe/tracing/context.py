@@ -88,6 +88,19 @@ class OpContext:
         if ids is not None:
             self._r.sized_by_code(ids)
 
+    def slice_follows_prunes(self, t: torch.Tensor, dim: int, start: Any, end: Any) -> bool:
+        """Whether a step-1 slice ``t[..., start:end, ...]`` along ``dim`` may keep its channels prunable.
+
+        The slice is recorded, and a prune of its channels is checked by running the pruned model, which must
+        slice the same tensor with the bounds the surviving channels give (``pruneframe.graph.slice_bounds``):
+        a literal bound is caught there. False when that cannot be checked (the label varies along other
+        dimensions too, or holds ids of no layer, or prunes are never run-checked): then pin ``dim``.
+        """
+        ids = self.ids(t)
+        if ids is None or not ids.dim() or ids.shape[dim] == 1:
+            return True
+        return self._r.record_slice(ids, dim, start, end)
+
     def block(self, ids: torch.Tensor | None, reason: str) -> None:
         """Channels in ``ids`` are never pruned, because of ``reason``."""
         if ids is not None:

@@ -68,13 +68,18 @@ def trace(
     forward_fn: Callable[[nn.Module, Any], Any] | None = None,
     output_transform: Callable[[Any], Any] | None = None,
     unwrapped_parameters: Iterable[tuple[nn.Parameter, int]] | None = None,
+    check_slices: bool = True,
 ) -> TraceResult:
-    """Run ``model`` once and record its channel couplings. The model is left as it was."""
+    """Run ``model`` once and record its channel couplings. The model is left as it was.
+
+    ``check_slices``: prunes will be run-checked, so slices along channels are recorded for that check rather than
+    pinning their channels (``OpContext.slice_follows_prunes``).
+    """
     leaves = find_leaves(model, registry, customized)
     raw_params = raw_parameters(model, leaves, unwrapped_parameters)
 
     forward = forward_fn or default_forward
-    args = (model, example_inputs, registry, leaves, raw_params, forward, output_transform)
+    args = (model, example_inputs, registry, leaves, raw_params, forward, output_transform, check_slices)
     try:
         recorder = _record_somehow(*args, eval_mode=False)
     except ValueError:
@@ -104,7 +109,7 @@ def trace(
     return TraceResult(recorder.nodes, recorder.spaces, recorder.next_id, edges, recorder.reasons, recorder.unsupported_ops,
                        "shapes" if recorder.shapes_only else "real", recorder.ties,
                        torch.unique(torch.cat(recorder.code_sized)) if recorder.code_sized else torch.empty(0, dtype=torch.long),
-                       recorder.eval_mode)
+                       recorder.eval_mode, recorder.slices)
 
 
 def _joined(pieces: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
@@ -122,11 +127,12 @@ def _joined(pieces: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
 
 def _record_somehow(model: nn.Module, example_inputs: Any, registry: Registry, leaves: dict[nn.Module, Node],
                     raw_params: dict[int, tuple[str, nn.Parameter, int | None]], forward: Forward,
-                    output_transform: Callable[[Any], Any] | None, eval_mode: bool) -> Recorder:
+                    output_transform: Callable[[Any], Any] | None, check_slices: bool, eval_mode: bool) -> Recorder:
     """A recorded pass on fake tensors when the model allows, else on the real inputs (the same graph, slower)."""
     if os.environ.get(ENV_TRACE, "auto") != "real":
         try:
-            return _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, True, eval_mode)
+            return _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, True, eval_mode,
+                           check_slices)
         except PruningError:
             raise
         except Exception as exc:  # the shapes-only pass cannot run this model (values needed, an op without a fake
@@ -135,7 +141,8 @@ def _record_somehow(model: nn.Module, example_inputs: Any, registry: Registry, l
             for node in leaves.values():
                 node.calls, node.out_space, node.in_space = 0, None, None
     try:
-        return _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, False, eval_mode)
+        return _record(model, example_inputs, registry, leaves, raw_params, forward, output_transform, False, eval_mode,
+                       check_slices)
     except PruningError:
         raise
     except Exception as exc:  # the model's own code failed on these inputs: say so, and what to pass
@@ -147,7 +154,8 @@ def _record_somehow(model: nn.Module, example_inputs: Any, registry: Registry, l
 
 def _record(model: nn.Module, example_inputs: Any, registry: Registry, leaves: dict[nn.Module, Node],
             raw_params: dict[int, tuple[str, nn.Parameter, int | None]], forward: Forward,
-            output_transform: Callable[[Any], Any] | None, shapes_only: bool, eval_mode: bool = False) -> Recorder:
+            output_transform: Callable[[Any], Any] | None, shapes_only: bool, eval_mode: bool = False,
+            check_slices: bool = True) -> Recorder:
     """One forward pass under the recorder: on fake tensors (shapes only, no arithmetic) or on the real ones."""
     handles = []
     try:
@@ -156,7 +164,7 @@ def _record(model: nn.Module, example_inputs: Any, registry: Registry, leaves: d
                 raw_params = {id(run.fake_of_name[n]) if n in run.fake_of_name else key: (n, p, d)
                               for key, (n, p, d) in raw_params.items()}
             recorder = Recorder(registry, leaves, raw_params, run.real_of, shapes_only)
-            recorder.eval_mode = eval_mode
+            recorder.eval_mode, recorder.check_slices = eval_mode, check_slices
             for module in leaves:
                 handles.append(module.register_forward_pre_hook(recorder.leaf_pre, with_kwargs=True))
                 handles.append(module.register_forward_hook(recorder.leaf_post, with_kwargs=True))
