@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import PruningError
 from ..layer_pruner import counts_as, validate_idxs
 from ..registry import Registry, get_registry, warn_missing_family_plugins
-from ..runtime import heap_frozen, return_freed_memory, single_threaded
+from ..runtime import heap_frozen, return_freed_memory, runs, single_threaded
 from ..wrappers import unwrap
 from .apply import PruneApplier
 from .couplings import ChannelCoupling
@@ -27,7 +27,7 @@ from .group import Group
 from .hints import ModuleHints
 from .node import Node, Space
 from .records import ChannelTie, KeptWhole
-from .slice_bounds import check_run
+from .slice_bounds import SliceCheck
 
 if TYPE_CHECKING:
     from ..tracing import TraceResult
@@ -326,7 +326,7 @@ class DependencyGraph:
         return not group.problems()
 
     def _still_runs(self, ids: torch.Tensor) -> str | None:
-        """None if the model still runs on the example inputs, slicing as pruning ``ids`` implies (or no check is due), else why."""
+        """None if the model runs on the example inputs, slicing as pruning ``ids`` implies (or needs no check), or why not."""
         inputs, forward_fn, mode = self._example
         if mode == "never" or self.model is None:
             return None
@@ -334,7 +334,8 @@ class DependencyGraph:
         # auto: where a traced op took a size from code, and wherever the trace lost sight (VOLO's C // heads past im2col)
         if mode == "auto" and not traced.unsupported_ops and not self._coupling.sized_by_code(ids):
             return None
-        return check_run(self.model, inputs, forward_fn, traced, ids)
+        check = SliceCheck(forward_fn, traced, ids)
+        return runs(self.model, inputs, check.forward, traced.mode == "shapes", traced.eval_mode) or check.verdict()
 
     # --- history ------------------------------------------------------------------------
     def pruning_history(self) -> list[list[PruneRecord]]:

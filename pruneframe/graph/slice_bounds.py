@@ -5,7 +5,7 @@ if the code computes its bounds from something the prune updates (a config, a st
 own width). A literal (``x[:, :64]``) would select other channels, and the model would still run. So the trace
 records each such slice (``TracedSlice``), and the run check after a prune of its channels also records the slice
 calls of the pruned model (``SliceCalls``): each traced slice must appear with the bounds the surviving channels
-give it (``expected``), else the prune is refused like one that stops the model running (``check_run``).
+give it (``expected``), else the prune is refused like one that stops the model running (``SliceCheck``).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import attrs
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..runtime import Forward, default_forward, runs
+from ..runtime import Forward, default_forward
 from .node import Space
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ Signature = tuple[int, int, int, int, int]  # ndim, dim, size along dim, start, 
 
 @attrs.frozen
 class TracedSlice:
-    """``x[..., start:end, ...]`` along ``dim`` of an ``ndim``-dim tensor whose positions along ``dim`` are channels ``ids``."""
+    """``x[..., start:end, ...]`` along ``dim`` of an ``ndim``-dim tensor, whose positions along ``dim`` are channels ``ids``."""
 
     ids: torch.Tensor  # 1-D, one channel id per position along dim (<= 0: no channel, never pruned)
     ndim: int
@@ -39,7 +39,7 @@ class TracedSlice:
 
 
 def normalised(size: int, start: Any, end: Any) -> tuple[int, int]:
-    """``start`` and ``end`` of a step-1 slice of a dimension of ``size``, resolved as Python does (None, negatives, past the end)."""
+    """``start`` and ``end`` of a step-1 slice of a dimension of ``size``, as Python resolves them (None, negative, too far)."""
     first, stop, _ = slice(start, end).indices(size)
     return first, max(first, stop)
 
@@ -111,21 +111,27 @@ def _why(traced: TracedSlice, want: Signature, seen: Counter[Signature]) -> str:
             f"[{traced.start}:{traced.end}] to: the code computes them from something the prune did not update")
 
 
-def check_run(model: Any, inputs: Any, forward_fn: Forward | None, trace: "TraceResult", pruned: torch.Tensor) -> str | None:
-    """None if the pruned model runs on ``inputs`` and slices the channels as the prune of ``pruned`` implies, else why not."""
-    moved = expected(trace.slices, trace.spaces, pruned)
-    calls = SliceCalls()
-    forward = forward_fn or default_forward
+class SliceCheck:
+    """A run check's forward that also records the slice calls (``forward``), and what they say once it ran (``verdict``).
 
-    def recorded(m: Any, x: Any) -> Any:
-        with calls:
-            return forward(m, x)
+    Only the traced slices the prune of ``pruned`` moves are looked for; with none, the forward is the plain one.
+    """
 
-    broken = runs(model, inputs, recorded if moved else forward, shapes_only=trace.mode == "shapes", eval_mode=trace.eval_mode)
-    if broken is not None or not moved:
-        return broken
-    wanted = Counter(want for _, want in moved)
-    for traced, want in moved:
-        if calls.seen[want] < wanted[want]:
-            return _why(traced, want, calls.seen)
-    return None
+    def __init__(self, forward_fn: Forward | None, trace: "TraceResult", pruned: torch.Tensor):
+        self.moved = expected(trace.slices, trace.spaces, pruned)
+        self.calls = SliceCalls()
+        self._forward = forward_fn or default_forward
+
+    def forward(self, model: Any, inputs: Any) -> Any:
+        if not self.moved:
+            return self._forward(model, inputs)
+        with self.calls:
+            return self._forward(model, inputs)
+
+    def verdict(self) -> str | None:
+        """None if the run made every moved slice with its new bounds (as often as the trace did), else why not."""
+        wanted = Counter(want for _, want in self.moved)
+        for traced, want in self.moved:
+            if self.calls.seen[want] < wanted[want]:
+                return _why(traced, want, self.calls.seen)
+        return None
