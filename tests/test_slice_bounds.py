@@ -116,10 +116,24 @@ def test_a_literal_bound_undoes_a_prune_before_it_and_names_the_slice() -> None:
     assert graph.pruning_history() == [] and graph.get_out_channels(model.a) == 8
 
 
-def test_a_literal_bound_allows_a_prune_that_does_not_move_it() -> None:
-    """Channel 6 lies after the bound 4: ``y[:, :4]`` and ``y[:, 4:]`` still select the right channels."""
-    error, pruned, _ = check_prune_equivalence(_model(LiteralSplit), X, _prune_a([6]))
-    assert pruned.a.out_features == 7 and pruned.d.in_features == 7 and error < 1e-12
+@pytest.mark.parametrize("idxs", [[6], [4, 5, 6, 7]])
+def test_a_literal_bound_allows_a_prune_that_does_not_move_it(idxs: list[int]) -> None:
+    """Channels after the bound 4: ``y[:, :4]`` and ``y[:, 4:]`` still select the right channels (the first
+    becomes the whole tensor, which makes no slice call at all, once every channel after it is gone)."""
+    error, pruned, _ = check_prune_equivalence(_model(LiteralSplit), X, _prune_a(idxs))
+    assert pruned.a.out_features == 8 - len(idxs) and pruned.d.in_features == 8 - len(idxs) and error < 1e-12
+
+
+@pytest.mark.parametrize("trace_mode", ["auto", "real"])
+def test_the_slice_check_works_on_fake_and_real_tensors(monkeypatch: pytest.MonkeyPatch, trace_mode: str) -> None:
+    monkeypatch.setenv("PRUNEFRAME_TRACE", trace_mode)
+    model = _model(LiteralSplit)
+    graph = tp.DependencyGraph().build_dependency(model, X)
+    assert graph._trace.mode == ("shapes" if trace_mode == "auto" else "real")
+    with pytest.raises(tp.ModelStopsRunningError, match=r"kept its bounds \[0:4\] although the prune moved them to \[0:3\]"):
+        graph.get_pruning_group(model.a, tp.prune_linear_out_channels, [0, 7]).prune()
+    graph.get_pruning_group(model.a, tp.prune_linear_out_channels, [7]).prune()
+    assert model.a.out_features == 7
 
 
 def test_a_literal_bound_inside_one_run_check_undoes_the_whole_block() -> None:
