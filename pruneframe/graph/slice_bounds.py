@@ -10,7 +10,7 @@ give it (``expected``), else the prune is refused like one that stops the model 
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import attrs
 import torch
@@ -42,6 +42,27 @@ def normalised(size: int, start: Any, end: Any) -> tuple[int, int]:
     """``start`` and ``end`` of a step-1 slice of a dimension of ``size``, as Python resolves them (None, negative, too far)."""
     first, stop, _ = slice(start, end).indices(size)
     return first, max(first, stop)
+
+
+def slice_to_check(spaces: Sequence[Space], never_pruned: Iterable[int], ids: torch.Tensor, dim: int, start: Any,
+                   end: Any) -> tuple[bool, TracedSlice | None]:
+    """Whether a step-1 slice along ``dim`` of label ``ids`` can be checked, and what to record for it (None: nothing moves).
+
+    Only a label that varies along ``dim`` alone, holding channels of ``spaces`` or ids that are never pruned
+    (``never_pruned``, and ids <= 0), can be: its bounds after a prune are the surviving channels before and inside them.
+    """
+    if any(n > 1 for d, n in enumerate(ids.shape) if d != dim):
+        return False, None
+    line = ids.flatten()
+    found = owners(spaces, line)
+    if bool(((line > 0) & (found < 0) & ~torch.isin(line, torch.tensor(list(never_pruned), dtype=torch.long))).any()):
+        return False, None  # the ids of a product's slices (tie_slices): no space says which of them survive
+    names = [f"{'the output' if spaces[k].kind == 'out' else 'the input'} of {spaces[k].node.name}"
+             for k in torch.unique(found[found >= 0]).tolist()]
+    if not names:
+        return True, None  # nothing along dim is ever pruned: the bounds cannot move
+    what = " and ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    return True, TracedSlice(line, ids.dim(), dim, *normalised(line.numel(), start, end), what)
 
 
 def signature_of(traced: TracedSlice, alive: torch.Tensor) -> Signature:

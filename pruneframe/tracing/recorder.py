@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 
 from ..errors import PruningError
 from ..graph.node import Node, Space
-from ..graph.slice_bounds import TracedSlice, normalised, owners
+from ..graph.slice_bounds import TracedSlice, slice_to_check
 from ..registry import Registry
 from ..runtime import tensors_in
 from . import labels as L
@@ -179,27 +179,14 @@ class Recorder(TorchDispatchMode):
             self.code_sized.append(ids)
 
     def record_slice(self, ids: torch.Tensor, dim: int, start: Any, end: Any) -> bool:
-        """Record a step-1 slice along ``dim`` of label ``ids`` for the run check; False when it cannot be checked.
-
-        Only a label that varies along ``dim`` alone, and holds channels of layers (or ids that are never pruned),
-        can be: its bounds after a prune are then the surviving channels before and inside them.
-        """
-        if not self.check_slices or any(n > 1 for d, n in enumerate(ids.shape) if d != dim):
+        """Record a step-1 slice along ``dim`` of label ``ids`` for the run check; False when it cannot be checked."""
+        if not self.check_slices:
             return False
-        line = ids.flatten()
-        found = owners(self.spaces, line)
-        reasons = torch.tensor(list(self.reasons), dtype=torch.long)
-        if bool(((line > 0) & (found < 0) & ~torch.isin(line, reasons)).any()):
-            return False  # the ids of a product's slices (tie_slices): no space says which of them survive
-        names = [f"{'the output' if self.spaces[k].kind == 'out' else 'the input'} of {self.spaces[k].node.name}"
-                 for k in torch.unique(found[found >= 0]).tolist()]
-        if not names:
-            return True  # nothing along dim is ever pruned: the bounds cannot move
-        first, stop = normalised(line.numel(), start, end)
-        what = " and ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-        self.slices.append(TracedSlice(line, ids.dim(), dim, first, stop, what))
-        self.sized_by_code(line)
-        return True
+        checkable, traced = slice_to_check(self.spaces, self.reasons, ids, dim, start, end)
+        if traced is not None:
+            self.slices.append(traced)
+            self.sized_by_code(traced.ids)
+        return checkable
 
     def reason_id(self, reason: str) -> int:
         """An id standing for one reason to keep channels; it is blocked, and so is everything tied to it."""
