@@ -82,9 +82,9 @@ def owners(spaces: Sequence[Space], ids: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, found, -1)
 
 
-def alive_of(spaces: Sequence[Space], ids: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
-    """Whether each of ``ids`` survives the prune of ``pruned``: alive in its space and not pruned. Ids of no space survive."""
-    alive = ~torch.isin(ids, pruned)
+def alive_of(spaces: Sequence[Space], ids: torch.Tensor, gone: torch.Tensor) -> torch.Tensor:
+    """Whether each of ``ids`` survives a prune: alive in its space and not ``gone`` (a mask of all ids); ids of no space do."""
+    alive = ~gone[ids.clamp(min=0)] | (ids <= 0)
     found = owners(spaces, ids)
     for k in torch.unique(found[found >= 0]).tolist():
         inside = found == k
@@ -92,13 +92,14 @@ def alive_of(spaces: Sequence[Space], ids: torch.Tensor, pruned: torch.Tensor) -
     return alive
 
 
-def expected(slices: Sequence[TracedSlice], spaces: Sequence[Space], pruned: torch.Tensor) -> list[tuple[TracedSlice, Signature]]:
-    """Every traced slice the prune of ``pruned`` moves, with the signature the pruned model's slice must have."""
-    moved = []
-    for traced in slices:
-        if bool(torch.isin(traced.ids, pruned).any()):
-            moved.append((traced, signature_of(traced, alive_of(spaces, traced.ids, pruned))))
-    return moved
+def expected(trace: "TraceResult", pruned: torch.Tensor) -> list[tuple[TracedSlice, Signature]]:
+    """Every traced slice the prune of ids ``pruned`` moves, with the signature the pruned model's slice must have."""
+    if not trace.slices:
+        return []
+    gone = torch.zeros(trace.n_ids, dtype=torch.bool)  # one mask, not a search of pruned (an LLM's hidden size) per slice
+    gone[pruned] = True
+    return [(traced, signature_of(traced, alive_of(trace.spaces, traced.ids, gone)))
+            for traced in trace.slices if bool(gone[traced.ids.clamp(min=0)].any())]
 
 
 class SliceCalls(TorchDispatchMode):
@@ -139,7 +140,7 @@ class SliceCheck:
     """
 
     def __init__(self, forward_fn: Forward | None, trace: "TraceResult", pruned: torch.Tensor):
-        self.moved = expected(trace.slices, trace.spaces, pruned)
+        self.moved = expected(trace, pruned)
         self.calls = SliceCalls()
         self._forward = forward_fn or default_forward
 
