@@ -34,9 +34,9 @@ class _Applied:
 
 def _stops_running(broken: str) -> ModelStopsRunningError:
     return ModelStopsRunningError(
-        f"after this prune the model no longer runs on the example inputs ({broken}); it was undone, the model "
-        "is as it was. Its code fixes a size these channels change (a literal in a view or split): keep these "
-        "layers (ignored_layers) or make the code read the size from the tensor."
+        f"after this prune the model no longer runs on the example inputs, or slices them wrongly ({broken}); it was "
+        "undone, the model is as it was. Its code fixes a size these channels change (a literal in a view, split or "
+        "slice): keep these layers (ignored_layers) or make the code read the size from the tensor."
     )
 
 

@@ -77,7 +77,7 @@ def owners(spaces: Sequence[Space], ids: torch.Tensor) -> torch.Tensor:
         return torch.full_like(ids, -1)
     bases = torch.tensor([s.base for s in spaces], dtype=torch.long)
     ends = bases + torch.tensor([s.size for s in spaces], dtype=torch.long)
-    found = torch.searchsorted(bases, ids, right=True) - 1
+    found = torch.searchsorted(bases, ids.contiguous(), right=True) - 1  # (a traced label is often a strided view)
     inside = (found >= 0) & (ids < ends[found.clamp(min=0)])
     return torch.where(inside, found, -1)
 

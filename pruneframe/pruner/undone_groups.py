@@ -46,8 +46,8 @@ class UndoneGroupSteps:
                 self.left_whole.append((group, f"the model's own format could not state it ({_detail(exc)})"))
         if stops:
             warnings.warn(
-                f"{len(stops)} group(s) left whole: after pruning them the model no longer runs on the example inputs, "
-                "its code keeps a size they change: " + "; ".join(stops) + ". The rest of the step was pruned; "
+                f"{len(stops)} group(s) left whole: after pruning them the model no longer runs on the example inputs "
+                "(or slices them wrongly), its code keeps a size they change: " + "; ".join(stops) + ". The rest of the step was pruned; "
                 "keep these layers out (ignored_layers) to silence this, or make the code read the size from the tensor",
                 stacklevel=3)
         if unloadable:
