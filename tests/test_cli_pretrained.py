@@ -126,8 +126,13 @@ def test_a_missing_shard_is_named_before_anything_runs(checkpoint: Path, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_a_bert_checkpoint_prunes_to_a_directory_from_pretrained_loads(tmp_path: Path, capsys: Any) -> None:
-    """BertConfig cannot state narrower attention: the command keeps it whole, prunes the MLP, and the output loads."""
+@pytest.mark.parametrize("ratio, sizes, warned", [
+    ("0.3", {"hidden": 64, "heads": 4, "query": 64, "mlp": 90}, True),  # 45 hidden, 3 heads of 16: no config says it
+    ("0.5", {"hidden": 32, "heads": 2, "query": 32, "mlp": 64}, False),  # 2 heads of 16 = hidden 32: BertConfig says it
+])
+def test_a_bert_checkpoint_prunes_to_a_directory_from_pretrained_loads(tmp_path: Path, capsys: Any, ratio: str,
+                                                                      sizes: dict[str, int], warned: bool) -> None:
+    """BertConfig ties the attention's width to the hidden size: what it cannot state is kept whole, and the output loads."""
     from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
@@ -135,11 +140,15 @@ def test_a_bert_checkpoint_prunes_to_a_directory_from_pretrained_loads(tmp_path:
     BertForMaskedLM(BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                intermediate_size=128, max_position_embeddings=32)).save_pretrained(source)
     save_word_tokenizer(source)
-    assert main(["prune", f"hf:{source}", "--ratio", "0.5", "--save-pretrained", str(tmp_path / "out")]) == 0
+    assert main(["prune", f"hf:{source}", "--ratio", ratio, "--save-pretrained", str(tmp_path / "out")]) == 0
     captured = capsys.readouterr()
-    pruned = AutoModelForMaskedLM.from_pretrained(tmp_path / "out").eval()
+    pruned = AutoModelForMaskedLM.from_pretrained(tmp_path / "out").eval()  # strict: any size mismatch raises
     layer = pruned.bert.encoder.layer[0]
-    assert layer.attention.self.query.out_features == 64 and layer.intermediate.dense.out_features == 64
-    [said] = [line for line in captured.err.splitlines() if "stays loadable" in line]  # a warning, in the command's words
-    assert said.startswith("warning: 3 group(s) left whole") and "BertConfig cannot describe" in said
-    assert "the model's own format could not state it" in captured.out  # and the report's kept-whole section
+    found = {"hidden": pruned.config.hidden_size, "heads": pruned.config.num_attention_heads,
+             "query": layer.attention.self.query.out_features, "mlp": layer.intermediate.dense.out_features}
+    assert found == sizes
+    said = [line for line in captured.err.splitlines() if "stays loadable" in line]  # a warning, in the command's words
+    assert len(said) == int(warned)
+    if warned:
+        assert said[0].startswith("warning: 3 group(s) left whole") and "BertConfig cannot describe" in said[0]
+        assert "the model's own format could not state it" in captured.out  # and the report's kept-whole section

@@ -30,8 +30,8 @@ from contrib_support import install_offline, installed_in_process, run_python, r
 
 pytest.importorskip("transformers")
 from transformers import (  # noqa: E402
-    AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification, BertConfig,
-    BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+    AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForMaskedLM, AutoModelForSequenceClassification, BertConfig,
+    BertForMaskedLM, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config,
     Qwen2ForCausalLM, ViTConfig, ViTForImageClassification,
 )
 from transformers.models.llama.modeling_llama import LlamaMLP  # noqa: E402
@@ -422,6 +422,23 @@ def test_bert_by_default_keeps_what_its_config_cannot_state_and_round_trips() ->
     assert "bert.pooler.dense" in message  # pooler -> classifier: its width is hidden_size too
     assert "BertConfig cannot describe these sizes" in message and "keep_loadable=False" in message
     assert len(pruner.left_whole) == 3 and all("could not state it" in why for _, why in pruner.left_whole)
+
+
+def test_bert_hidden_size_and_heads_pruned_in_step_are_written_and_round_trip(plugin: Any) -> None:
+    """Nothing ignored, 50%: hidden 64 -> 32 and 2 of 4 heads of 16. No tensor shape sets num_attention_heads, but the
+    attention stores it (the probe finds the copy), so the proposal carries it and the rebuild accepts it."""
+    from pruneframe_transformers.probing import probe
+
+    model = BertForMaskedLM(bert_config()).eval()
+    copies = probe(type(model), model.config).copies
+    said, _ = loadable_prune(model, TEXT, pruning_ratio=0.5)
+    found = {"config": fields(model.config), "heads": model.bert.encoder.layer[1].attention.self.num_attention_heads,
+             "query": model.bert.encoder.layer[1].attention.self.query.weight.shape, "said": said,
+             "round_trip": round_trip(model, TEXT, AutoModelForMaskedLM)}
+    assert ("bert.encoder.layer.0.attention.self", "num_attention_heads") in copies["num_attention_heads"]
+    assert (found["config"]["hidden_size"], found["config"]["num_attention_heads"], found["heads"]) == (32, 2, 2)
+    assert tuple(found["query"]) == (32, 32) and found["said"] == []
+    assert found["round_trip"]["same"] and found["round_trip"]["warnings"] == []
 
 
 def test_gpt2_by_default_prunes_its_mlp_only_and_round_trips() -> None:

@@ -143,6 +143,9 @@ def sync_config(model: nn.Module) -> ConfigStatus:
     if isinstance(result, Inexpressible):  # changed dimensions no values of the fields give: a prune the config cannot state
         return attrs.evolve(_unexpressed(config, {}, f"{name} cannot describe these sizes: {result.why}"), unstatable=True)
     best = _best_proposal(model, config, found, result, depth)
+    stored = stored_changes(found, model)
+    if isinstance(best, str) and stored:  # e.g. BERT's hidden size and head count pruned in step: the head count is stored
+        best = _best_proposal(model, config, found, [{**values, **stored} for values in result], depth)
     if isinstance(best, str):  # the layers agree, yet no proposal rebuilds them: no config states this prune either
         return attrs.evolve(_unexpressed(config, _per_block(found, table, result[0]), best), unstatable=True)
     attempt, verdict, values = best
@@ -155,6 +158,22 @@ def sync_config(model: nn.Module) -> ConfigStatus:
         if hasattr(part, MARKER):  # (a nested config is marked when a model nested in this one was checked on its own)
             delattr(part, MARKER)
     return ConfigStatus(True, attempt, _per_block(found, table, values), None)
+
+
+def stored_changes(found: Probe, model: nn.Module) -> dict[str, int]:
+    """Fields no tensor shape sets but submodules store (``probe``'s copies), where every copy in ``model`` now says a new value.
+
+    A prune's fix-up sets such a count from the weights (BERT's attention ``num_attention_heads`` after whole heads
+    went); a proposal then carries it, and the rebuild decides.
+    """
+    modules = dict(model.named_modules())
+    changes = {}
+    for field, where in found.copies.items():
+        now = {getattr(modules[name], key, None) for name, key in where if name in modules}
+        value = now.pop() if len(now) == 1 else None
+        if type(value) is int and value >= 1 and value != found.fields[field]:
+            changes[field] = value
+    return changes
 
 
 def _best_proposal(model: nn.Module, config: Any, found: Probe, solutions: list[dict[str, int]],

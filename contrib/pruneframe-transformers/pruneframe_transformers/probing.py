@@ -61,7 +61,9 @@ class Probe:
     value that reproduces the model); ``unset``: those optional fields; ``shapes``
     and ``attributes``: the model built from the config (tensor shapes; every
     int/float/bool a submodule stores); ``slopes``: per (tensor name, dimension),
-    how much it grows per unit of each field that moves it.
+    how much it grows per unit of each field that moves it; ``copies``: per field,
+    the submodule attributes that store its value as it is (BERT's
+    ``num_attention_heads``, which moves no tensor dimension by itself).
     """
 
     fields: dict[str, int]
@@ -69,6 +71,7 @@ class Probe:
     shapes: Shapes
     attributes: Attributes
     slopes: dict[tuple[str, int], dict[str, Fraction]]
+    copies: dict[str, list[tuple[str, str]]] = attrs.Factory(dict)  # field -> (module, attribute) storing its value
 
 
 _cache: "OrderedDict[tuple[type, str], Probe]" = OrderedDict()
@@ -179,11 +182,13 @@ def _probe(model_class: type, config: Any) -> Probe:
                 unset.add(name)
         else:
             fields[name] = value
+    copies: dict[str, list[tuple[str, str]]] = {}
     for name, value in fields.items():
         for trial in (2 * value, value + 1):
-            varied = _shapes_with(model_class, explicit, name, trial)
-            if varied is not None:
-                variants[name] = (trial, varied)
+            built = _built_with(model_class, explicit, name, trial)
+            if built is not None:
+                variants[name] = (trial, built[0])
+                copies[name] = _copies_of(attributes, built[1], value, trial)
                 break
     slopes: dict[tuple[str, int], dict[str, Fraction]] = {}
     for name, (trial, varied) in variants.items():
@@ -196,7 +201,15 @@ def _probe(model_class: type, config: Any) -> Probe:
                 if before != after:
                     slopes.setdefault((tensor, dim), {})[name] = Fraction(after - before, step)
     moved = {f for row in slopes.values() for f in row}
-    return Probe({f: v for f, v in fields.items() if f in moved}, frozenset(unset & moved), shapes, attributes, slopes)
+    stored = {f for f, where in copies.items() if where}
+    return Probe({f: v for f, v in fields.items() if f in moved | stored}, frozenset(unset & moved), shapes, attributes, slopes,
+                 {f: where for f, where in copies.items() if where})
+
+
+def _copies_of(base: Attributes, varied: Attributes, value: int, trial: int) -> list[tuple[str, str]]:
+    """The (module, attribute) pairs that hold the field's value in the base model and its trial value in the variant."""
+    return [(module, key) for module, stored in base.items() for key, v in stored.items()
+            if type(v) is int and v == value and varied.get(module, {}).get(key) == trial]
 
 
 def _unset_value(model_class: type, config: Any, name: str, shapes: Shapes) -> int | None:
@@ -223,13 +236,20 @@ def _unset_value(model_class: type, config: Any, name: str, shapes: Shapes) -> i
 
 def _shapes_with(model_class: type, config: Any, name: str, value: int) -> Shapes | None:
     """Tensor shapes of ``model_class`` built with field ``name`` set to ``value``; None when that config does not build."""
+    built = _built_with(model_class, config, name, value)
+    return None if built is None else built[0]
+
+
+def _built_with(model_class: type, config: Any, name: str, value: int) -> tuple[Shapes, Attributes] | None:
+    """Tensor shapes and stored sizes of ``model_class`` built with ``name`` set to ``value``; None when it does not build."""
     varied = copy.deepcopy(config)
     set_field(varied, name, value)
     try:
-        return tensor_shapes(build_on_meta(model_class, varied))
+        model = build_on_meta(model_class, varied)
     # a probe: any error of the config's validation or the model's constructor means "this value does not build"
     except Exception:  # noqa: BLE001
         return None
+    return tensor_shapes(model), size_attributes(model)
 
 
 def nested_configs(config: Any) -> list[tuple[str, Any]]:
