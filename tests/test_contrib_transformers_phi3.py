@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -18,30 +17,20 @@ import torch
 import pruneframe as tp
 from pruneframe.testing import check_prune_equivalence
 
-from contrib_support import install_offline, installed_in_process
+from contrib_support import contrib_plugin
 
 pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, Phi3Config  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-CONTRIB = Path(__file__).resolve().parents[1] / "contrib" / "pruneframe-transformers"
 TEXT = {"input_ids": torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(0))}
 HEAD_DIM = 16  # hidden 64 / 4 heads; qkv_proj: 4 query heads [0:64], 2 key heads [64:96], 2 value heads [96:128]
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The contrib distribution, pip-installed offline into a fresh ``--target`` folder."""
-    return install_offline(CONTRIB, tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site"))
-
-
 @pytest.fixture(scope="module", autouse=True)
-def plugin(installed: Path) -> Iterator[Any]:
-    with installed_in_process(installed, "pruneframe_transformers"):
-        import pruneframe_transformers
-
-        yield pruneframe_transformers
+def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from contrib_plugin(tmp_path_factory, "pruneframe-transformers")
 
 
 def phi3() -> Any:
