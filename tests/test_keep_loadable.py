@@ -111,3 +111,31 @@ def test_keep_loadable_must_be_a_bool() -> None:
     model = _net()
     with pytest.raises(TypeError, match=r"keep_loadable='no': it must be True or False"):
         tp.pruner.MetaPruner(model, X, tp.importance.MagnitudeImportance(p=2), keep_loadable="no")
+
+
+def _middle_width_fixed(model: nn.Module) -> str | None:
+    return None if model[2].out_features == 6 else f"the format stores 6 for layer 2, not {model[2].out_features}"
+
+
+class FixedMiddle:
+    """A format that can never state another width of layer 2 (as BertConfig cannot narrower attention)."""
+
+    @tp.hookimpl
+    def pruneframe_fixups(self, register: Any) -> None:
+        register([nn.Sequential], _middle_width_fixed, name="fixed-middle")
+
+
+def test_a_target_search_counts_only_the_prunes_the_format_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ratio search prunes a shape twin; its trials leave the same groups whole as the real step, so the target is met
+    by pruning layer 0 further instead of being missed."""
+    registry = build_registry(extra_plugins=[("fixed-middle", FixedMiddle())])
+    monkeypatch.setattr(dependency_graph, "get_registry", lambda model=None: registry)
+    model = _net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the group left whole is reported; this test reads the result
+        pruner = tp.pruner.MetaPruner(model, X, tp.importance.MagnitudeImportance(p=2), target_params=0.6,
+                                      ignored_layers=[model[4]])
+        pruner.step()
+    # 11 * width0 + 34 parameters with layer 2 at 6: at most 73 means width0 <= 3
+    assert (model[0].out_features, model[2].out_features) == (3, 6)
+    assert pruner.target_result.met and pruner.target_result.params == 11 * 3 + 34

@@ -79,10 +79,20 @@ class PruneApplier:
         undo keeps each prune's original tensors until the block ends. An error
         raised inside undoes the block's prunes too. With ``keep_loadable`` the
         block is undone as well, raising ``UnloadableError``, when a fix-up
-        returns why the model's own format cannot state the result.
+        returns why the model's own format cannot state the result; a nested
+        ``keep_loadable`` block checks (and undoes) only its own prunes that way.
         """
-        if self._deferred is not None:  # nested: the outer block checks
+        if self._deferred is not None:  # nested: the outer block runs the fix-ups and the run check
+            if not keep_loadable:
+                yield
+                return
+            start = len(self._deferred)
             yield
+            unstatable = self._fixups_would_say()  # but what this block pruned must be statable on its own
+            if unstatable:
+                self._undo(self._deferred[start:])
+                del self._deferred[start:]
+                raise _unloadable(unstatable)
             return
         deferred: list[_Applied] = []
         self._deferred = deferred
@@ -111,6 +121,14 @@ class PruneApplier:
                 fixed.restore()
                 self._undo(deferred)
                 raise _stops_running(broken)
+
+    def _fixups_would_say(self) -> list[str]:
+        """What the fix-ups say of the model as it is now, their changes undone again (the outer block runs them for real)."""
+        transaction = Transaction([m for m, _ in self.fixups])
+        try:
+            return self._run_fixups(transaction)
+        finally:
+            transaction.restore()
 
     def _run_fixups(self, transaction: Transaction) -> list[str]:
         """Run every fix-up; return what they said the model's own format cannot state (see ``pruneframe_fixups``)."""

@@ -85,8 +85,7 @@ class TargetSteps:
             key = b"|".join(traced.numpy().tobytes() for _, _, _, traced in chosen)
             if key not in counted:  # a ratio that selects what another did prunes the same: count it once
                 with twin.trial():
-                    for group in self._groups_of(twin.translate(chosen), twin.graph):
-                        group.prune()
+                    twin.prune(lambda: self._groups_of(twin.translate(chosen), twin.graph), self.keep_loadable)
                     counted[key] = twin.count()
             return counted[key]
 
