@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = {"pruneframe_transformers": "pruneframe-transformers", "pruneframe_timm": "pruneframe-timm"}
 PLUGIN_ENTRY_NAMES = "transformers,timm"  # the entry-point names of the two distributions
 RATIO = 0.3
+HALF = 0.5  # the second prune: heads too (one of two key/value groups)
 MAX_TIMM_PARAMETERS = 30_000_000
 TIMM_SIZES = (96, 128, 160, 192, 224)
 RESULT = "@@result "  # the worker's line prefixes; anything else it prints is passed on
@@ -215,10 +216,11 @@ def _size_mismatch(cls: Any, folder: str, model: Any) -> str:
             f"config builds {list(config)}")
 
 
-def _prune(model: Any, inputs: Any, ignored: list[Any], forward_fn: Callable[[Any, Any], Any] | None) -> None:
+def _prune(model: Any, inputs: Any, ignored: list[Any], forward_fn: Callable[[Any, Any], Any] | None,
+           ratio: float = RATIO) -> None:
     import pruneframe as tp
 
-    pruner = tp.pruner.MetaPruner(model, inputs, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=RATIO,
+    pruner = tp.pruner.MetaPruner(model, inputs, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
                                   ignored_layers=ignored, forward_fn=forward_fn)
     pruner.step()
 
@@ -267,18 +269,21 @@ def measure_hf(family: str) -> dict[str, Any]:
         if not row.fields["forward"]:
             row.fields.update(error=f"logits shape {tuple(pruned_out.shape)}, was {shape}", failed_at="forward")
 
-    def round_trip() -> float:
+    def saved_and_loaded(pruned: Any, expected: Any) -> float:
         with tempfile.TemporaryDirectory() as folder:
-            model.save_pretrained(folder)
+            pruned.save_pretrained(folder)
             try:
                 reloaded = cls.from_pretrained(folder).float().eval()
             except RuntimeError:  # transformers' own line says only "look at the above report": say what differs
-                mismatch = _size_mismatch(cls, folder, model)
+                mismatch = _size_mismatch(cls, folder, pruned)
                 if mismatch:
                     raise RuntimeError(f"from_pretrained stops: {mismatch}") from None
                 raise
         with torch.no_grad():
-            return float((run(reloaded, inputs) - pruned_out).abs().max())
+            return float((run(reloaded, inputs) - expected).abs().max())
+
+    def round_trip() -> float:
+        return saved_and_loaded(model, pruned_out)
 
     difference = row.stage("round-trip", round_trip)
     if difference is not None:
@@ -306,6 +311,20 @@ def measure_hf(family: str) -> dict[str, Any]:
             row.fields.update(error=earlier[0], failed_at=earlier[1])
         elif replayed is not None and replayed > 1e-5:
             row.fields.update(error=f"replayed logits differ by {replayed:.2e}", failed_at="plan round-trip")
+
+    def at_half() -> tuple[list[str], bool]:  # heads too: at 50% one of two key/value groups (or half the heads) can go
+        torch.manual_seed(0)
+        fresh = build()
+        shapes_before = _shapes(fresh)
+        _prune(fresh, inputs, _modules_of([fresh.get_input_embeddings(), fresh.get_output_embeddings(), *extra(fresh)]), run,
+               HALF)
+        with torch.no_grad():
+            out = run(fresh, inputs)
+        return _shrunk(shapes_before, fresh), saved_and_loaded(fresh, out) <= 1e-5
+
+    half = row.stage("at 50%", at_half)
+    if half is not None:
+        row.fields.update(half_shrunk=half[0], half_round_trip=half[1])
     return {**row.fields, "seconds": time.perf_counter() - start}
 
 
@@ -560,7 +579,8 @@ def _warnings_cell(found: dict[str, list[str]]) -> str:
 
 
 HF_HEADER = ("| family | model | params before | params after | prune | layers that shrank | forward | round-trip "
-             "| plan round-trip | seconds | first error | warnings |\n|---|---|---:|---:|---|---|---|---|---|---:|---|---|")
+             "| plan round-trip | at 50%: layers that shrank | at 50%: round-trip | seconds | first error | warnings |\n"
+             "|---|---|---:|---:|---|---|---|---|---|---|---|---:|---|---|")
 TIMM_HEADER = ("| family | smallest model | input | params before | params after | prune | forward | seconds | first error "
                "| warnings |\n|---|---|---:|---:|---:|---|---|---:|---|---|")
 
@@ -576,7 +596,8 @@ def table_row(r: dict[str, Any]) -> str:
     seconds = f"{r['seconds']:.1f}" if r.get("seconds") is not None and not r.get("skipped") else ""
     if r["suite"] == "hf":
         cells = [r["family"], f"`{r.get('model')}`", before, after, _prune_mark(r), ", ".join(r.get("shrunk", [])),
-                 _mark(r.get("forward")), _mark(r.get("round_trip")), _mark(r.get("plan_round_trip")), seconds, _cell(error),
+                 _mark(r.get("forward")), _mark(r.get("round_trip")), _mark(r.get("plan_round_trip")),
+                 ", ".join(r.get("half_shrunk", [])), _mark(r.get("half_round_trip")), seconds, _cell(error),
                  _warnings_cell(r.get("warnings", {}))]
     else:
         size = f"{r['input']} px" if r.get("input") else ""
@@ -603,7 +624,8 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
             sentence += (f"; round-trip ok {sum(bool(r.get('round_trip')) for r in measured)} "
                          f"({sum(bool(r.get('round_trip')) for r in removed)} of them with parameters removed); plan "
                          f"round-trip ok {sum(bool(r.get('plan_round_trip')) for r in measured)} "
-                         f"({sum(bool(r.get('plan_round_trip')) for r in removed)} with parameters removed)")
+                         f"({sum(bool(r.get('plan_round_trip')) for r in removed)} with parameters removed); at 50%, "
+                         f"round-trip ok {sum(bool(r.get('half_round_trip')) for r in measured)}")
         said.append(sentence + ".")
     return said
 
@@ -631,6 +653,8 @@ INTRO = (
     "`save_pretrained` + `from_pretrained` gives logits equal to the pruned model's within 1e-5 (float32, eval mode). "
     "*plan round-trip*: `tp.state_dict(model)` loaded into a freshly built model with `tp.load_state_dict` gives the same "
     "logits (the way out where the config cannot state the prune, e.g. fewer heads of a fixed head size). "
+    "*at 50%*: a fresh model pruned the same way at 50%, where one of the two key/value groups (or half the heads) "
+    "can go: the layers that shrank, and whether it round-trips the same way. "
     "*first error*: the first line of the first failure, after the stage it happened in. *warnings*: how many distinct "
     "warnings of each kind the stages gave (listed at the end). Seconds are wall time on a shared machine with one torch "
     "thread: read them as rough.\n"

@@ -44,6 +44,9 @@ def test_a_hugging_face_family_prunes_runs_and_round_trips(families: Any, family
     row = families.measure_hf(family)
     assert row["error"] is None, f"{family}: {row['failed_at']}: {row['error']}"
     assert row["after"] < row["before"] and row["forward"] and row["round_trip"] and row["plan_round_trip"]
+    assert row["half_round_trip"]  # at 50% too, where key/value groups (Phi-3: through its fused qkv_proj) can go
+    if family in ("LLaMA", "Phi-3", "Mixtral"):
+        assert {"q_proj", "qkv_proj"} & set(row["half_shrunk"]), row["half_shrunk"]  # heads went at 50%
 
 
 @pytest.mark.slow
