@@ -240,3 +240,31 @@ def test_llama_8_query_2_key_value_heads_to_4_2_is_exact_and_round_trips(transfo
         assert torch.equal(logits(model, inputs), logits(reloaded, inputs))
     assert [str(w.message) for w in caught if "config" in str(w.message).lower()] == []
     assert reloaded.config.num_attention_heads == 4 and reloaded.model.layers[1].self_attn.num_key_value_groups == 2
+
+
+@pytest.mark.slow
+def test_query_heads_no_config_can_state_are_left_whole_so_the_model_loads(transformers_plugin: Any) -> None:
+    """8 query / 2 key-value heads at 25%: 6 query heads, which LlamaConfig refuses for a hidden size of 64. Pruned one
+    attention at a time, the first looks merely uneven; the check builds its sizes as a config, so both stay whole."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+                         num_key_value_heads=2, head_dim=16, max_position_embeddings=64)
+    inputs = {"input_ids": torch.randint(0, 128, (2, 10))}
+    found = {}
+    for keep_loadable in (True, False):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).eval()
+        _, warned = prune(model, inputs, pruning_ratio=0.25, forward_fn=lambda m, x: m(**x).logits,
+                          ignored_layers=[model.model.embed_tokens, model.lm_head], root_module_types=[nn.Linear],
+                          pruning_ratio_dict={layer.mlp: 0.0 for layer in model.model.layers}, keep_loadable=keep_loadable)
+        found[keep_loadable] = {"q": [layer.self_attn.q_proj.out_features for layer in model.model.layers],
+                                "marker": getattr(model.config, transformers_plugin.MARKER, None), "warned": warned,
+                                "model": model}
+    kept = found[True]
+    assert kept["q"] == [128, 128] and kept["marker"] is None
+    assert len(kept["warned"]) == 2 and all("not a multiple of the number of attention heads (6)" in w for w in kept["warned"])
+    with tempfile.TemporaryDirectory() as folder:
+        kept["model"].save_pretrained(folder)
+        AutoModelForCausalLM.from_pretrained(folder)  # loads: nothing the config cannot say
+    assert found[False]["q"] == [96, 96] and "LlamaConfig cannot describe" in found[False]["marker"]["reason"]

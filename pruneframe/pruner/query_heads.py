@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import attrs
 import torch
-from ..errors import ModelStopsRunningError, PruningError
+from ..errors import ModelStopsRunningError, PruningError, UnloadableError
 from ..graph import DependencyGraph, Group
 from ..importance import NothingToReadError
 from ..registry import Registry
@@ -75,17 +75,25 @@ class QueryHeadSteps:
         return graph
 
     def _prune_query_heads(self) -> None:
-        """Prune this step's query heads; a prune after which the model no longer runs is undone and left whole."""
-        for group in self._query_head_groups():
+        """Prune this step's query heads; a prune after which the model no longer runs, or (``keep_loadable``) that its
+        format cannot state, is undone and left whole."""
+        for graph, group in self._query_head_prunes():
             try:
-                group.prune()
-            except ModelStopsRunningError as exc:
+                with graph.one_run_check(self.keep_loadable):
+                    group.prune()
+            except (ModelStopsRunningError, UnloadableError) as exc:
                 names = ", ".join(dict.fromkeys(dep.target.name for dep, _ in group))
-                self.left_whole.append((group, f"a size the model's code keeps: {exc}"))
+                why = "a size the model's code keeps" if isinstance(exc, ModelStopsRunningError) else "its format cannot state it"
+                self.left_whole.append((group, f"{why}: {exc}"))
                 warnings.warn(f"the query heads of {names} were left whole: {exc}", stacklevel=3)
 
     def _query_head_groups(self) -> Iterator[Group]:
-        """This step's query-head prunes, one group per attention; afterwards the ordinary graph is traced again."""
+        """This step's query-head prunes, one group per attention (``step(interactive=True)`` yields them)."""
+        for _, group in self._query_head_prunes():
+            yield group
+
+    def _query_head_prunes(self) -> Iterator[tuple[DependencyGraph, Group]]:
+        """This step's query-head groups with their graph; afterwards the ordinary graph is traced again."""
         self._query_head_roots = set()
         if not self.prune_query_heads or self.current_step > self.iterative_steps:
             return
@@ -111,7 +119,7 @@ class QueryHeadSteps:
                 continue
             self._whole_heads.update(dep.target.module for dep, _ in group if dep.target.module in self.num_heads)
             yielded = True
-            yield group
+            yield fine_graph, group
         if yielded:  # the ordinary graph no longer matches the model: trace it again, keeping what it recorded
             self._earlier_history += self.DG.pruning_history() + fine_graph.pruning_history()
             self.DG = self._trace_graph()

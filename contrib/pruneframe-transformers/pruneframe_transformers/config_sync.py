@@ -54,6 +54,8 @@ from .solving import Inexpressible, Uneven, rows, solve
 # per model: the export warnings already given, and the last verification (signature, differences)
 _warned: "weakref.WeakKeyDictionary[nn.Module, set[str]]" = weakref.WeakKeyDictionary()
 _checked: "weakref.WeakKeyDictionary[nn.Module, tuple[Any, list[str]]]" = weakref.WeakKeyDictionary()
+# (model class, config, field values) -> why a config with those values does not build ('' if it does)
+_builds: dict[tuple[Any, str, tuple[tuple[str, int], ...]], str] = {}
 # nested model -> the model it was found in, sharing its config
 _enclosing: "weakref.WeakKeyDictionary[nn.Module, weakref.ref[nn.Module]]" = weakref.WeakKeyDictionary()
 
@@ -139,7 +141,9 @@ def sync_config(model: nn.Module) -> ConfigStatus:
     if isinstance(result, Uneven):  # (the reason names no modules: a model nested in another one shares its config)
         listed = "; ".join(f"{field} is {[v for _, v in pairs]}" for field, pairs in result.sizes.items())
         differ = f"the layers differ ({listed}, layer by layer)" if listed else "the layers differ"
-        return _unexpressed(config, result.sizes, f"{differ} and {name} holds one value per field")
+        never = _never_buildable(type(model), config, result.sizes)  # a block's sizes no config builds, even uniform
+        status = _unexpressed(config, result.sizes, f"{differ} and {name} holds one value per field" + (f"; {never}" if never else ""))
+        return attrs.evolve(status, unstatable=bool(never))
     if isinstance(result, Inexpressible):  # changed dimensions no values of the fields give: a prune the config cannot state
         return attrs.evolve(_unexpressed(config, {}, f"{name} cannot describe these sizes: {result.why}"), unstatable=True)
     best = _best_proposal(model, config, found, result, depth)
@@ -158,6 +162,38 @@ def sync_config(model: nn.Module) -> ConfigStatus:
         if hasattr(part, MARKER):  # (a nested config is marked when a model nested in this one was checked on its own)
             delattr(part, MARKER)
     return ConfigStatus(True, attempt, _per_block(found, table, values), None)
+
+
+def _never_buildable(model_class: type, config: Any, sizes: dict[str, list[tuple[str, int]]]) -> str:
+    """Why no config could state one block's sizes even if every layer had them ('' if each builds).
+
+    Per block, its implied field values are set together on a copy of the config, which must build on the meta
+    device (LlamaConfig refuses 6 heads for a hidden size of 64): a layer pruned that way alone looks merely uneven,
+    yet pruning the other layers alike could never be written either.
+    """
+    by_block: dict[str, dict[str, int]] = {}
+    for field, pairs in sizes.items():
+        for block, value in pairs:
+            by_block.setdefault(block, {})[field] = value
+    for values in {tuple(sorted(v.items())) for v in by_block.values()}:
+        changed = {f: v for f, v in values if get_field(config, f) != v}
+        if not changed:
+            continue
+        key = (model_class, config.to_json_string(use_diff=False), tuple(sorted(changed.items())))
+        if key not in _builds:
+            candidate = copy.deepcopy(config)
+            for field, value in changed.items():
+                set_field(candidate, field, value)
+            try:
+                build_on_meta(model_class, candidate)
+                _builds[key] = ""
+            # the config's validation or the model's constructor: its message is the reason
+            except Exception as exc:  # noqa: BLE001
+                _builds[key] = (f"with {', '.join(f'{f}={v}' for f, v in changed.items())} {model_class.__name__} cannot be "
+                                f"built ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})")
+        if _builds[key]:
+            return _builds[key]
+    return ""
 
 
 def stored_changes(found: Probe, model: nn.Module) -> dict[str, int]:
