@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..errors import ModelStopsRunningError, PruningError, UnloadableError
+from ..errors import PruningError
 from ..graph import DependencyGraph, Group
 from ..importance import NothingToReadError, UnscorableGroupError
 from ..progress import bar
@@ -37,7 +37,7 @@ from .selection import Candidate, Limits, choose_ranked, join_blocks, select
 from .depth_steps import DepthSteps
 from .query_heads import QueryHeadSteps
 from .target_steps import TargetSteps
-from .undone_groups import UndoneGroupSteps
+from .undone_groups import UndoneGroupSteps, prune_all_or_each
 
 
 DEFAULT_ROOTS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.rnn.RNNBase)
@@ -190,14 +190,10 @@ class MetaPruner(DepthSteps, TargetSteps, QueryHeadSteps, UndoneGroupSteps):
             return self._interactive_groups()
         self._prune_query_heads()
         chosen = self._plan_step()
-        try:
-            with heap_frozen(), self.DG.one_run_check(self.keep_loadable):  # one run of the model checks the whole step
-                with bar("pruning groups", total=len(chosen), enabled=self.progress) as pruning:
-                    for group in self._groups_of(chosen):
-                        group.prune()
-                        pruning.update()
-        except (ModelStopsRunningError, UnloadableError):  # some group breaks the model or its format: leave it whole
-            self._prune_one_by_one(self._groups_of(chosen))
+        with heap_frozen(), bar("pruning groups", total=len(chosen), enabled=self.progress) as pruning:
+            # one run of the model checks the whole step; a group that breaks the model or its format stays whole
+            failed = prune_all_or_each(self.DG, lambda: self._groups_of(chosen), self.keep_loadable, pruning.update)
+        self._leave_whole(failed)
         self._update_num_heads()
         if self.target is not None:
             self._check_target_reached()

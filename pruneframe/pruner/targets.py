@@ -35,10 +35,10 @@ import attrs
 import torch
 from torch import nn
 
-from ..errors import UnloadableError
 from ..graph import DependencyGraph
 from ..runtime import map_tensors
 from ..utils import count_ops_and_params
+from .undone_groups import prune_all_or_each
 
 if TYPE_CHECKING:
     from ..graph.node import Space
@@ -282,21 +282,9 @@ class ShapeTwin:
                 pass
 
     def prune(self, groups: Callable[[], Iterable[Any]], keep_loadable: bool) -> None:
-        """Prune the twin's ``groups()`` inside a ``trial``; with ``keep_loadable``, as the real step would: a group whose
+        """Prune the twin's ``groups()`` inside a ``trial``, as the real step does: with ``keep_loadable``, a group whose
         prune the model's format cannot state (a fix-up says so) stays whole."""
-        if not keep_loadable:
-            for group in groups():
-                group.prune()
-            return
-        try:
-            with self.graph.one_run_check(keep_loadable=True):  # all of them, checked once
-                for group in groups():
-                    group.prune()
-        except UnloadableError:  # one by one, as MetaPruner's step then goes
-            for group in groups():
-                with contextlib.suppress(UnloadableError):  # that group stays whole, as in the real step
-                    with self.graph.one_run_check(keep_loadable=True):
-                        group.prune()
+        prune_all_or_each(self.graph, groups, keep_loadable)
 
     def count(self) -> tuple[int, int]:
         """MACs and parameters of the twin as it is now (shapes only)."""
