@@ -147,8 +147,8 @@ def sync_config(model: nn.Module) -> ConfigStatus:
     if isinstance(result, Inexpressible):  # changed dimensions no values of the fields give: a prune the config cannot state
         return attrs.evolve(_unexpressed(config, {}, f"{name} cannot describe these sizes: {result.why}"), unstatable=True)
     best = _best_proposal(model, config, found, result, depth)
-    stored = stored_changes(found, model)
-    if isinstance(best, str) and stored:  # e.g. BERT's hidden size and head count pruned in step: the head count is stored
+    stored = stored_changes(found, model) if isinstance(best, str) else {}
+    if stored:  # e.g. BERT's hidden size and head count pruned in step: the head count is stored
         best = _best_proposal(model, config, found, [{**values, **stored} for values in result], depth)
     if isinstance(best, str):  # the layers agree, yet no proposal rebuilds them: no config states this prune either
         return attrs.evolve(_unexpressed(config, _per_block(found, table, result[0]), best), unstatable=True)
